@@ -1,0 +1,218 @@
+"""nerf-qat model: coarse and fine quantization-aware NeRF fields with nerfstudio samplers and renderers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.losses import MSELoss
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps, misc
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding
+from nerfqat_plugin.lpips import OfflineLPIPS
+from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.quant.config import QuantConfig
+from nerfqat_plugin.quant.layers import set_quant_state
+from nerfqat_plugin.quant.size import fp32_nbytes, quantized_nbytes
+
+
+@dataclass
+class NeRFQATModelConfig(ModelConfig):
+    """Vanilla NeRF whose MLPs are trained with simulated low-bit arithmetic."""
+
+    _target: Type = field(default_factory=lambda: NeRFQATModel)
+    num_coarse_samples: int = 64
+    """Uniform samples per ray for the coarse network."""
+    num_importance_samples: int = 128
+    """Extra samples per ray drawn from the coarse weights; the fine network sees coarse + these."""
+    num_layers: int = 8
+    """Linear+ReLU blocks in the trunk of each MLP."""
+    layer_width: int = 256
+    """Width of the trunk (and of the feature layer)."""
+    skip_layer: int = 4
+    """Index of the trunk layer that also receives the encoded position (4: the 5th layer)."""
+    view_width: int = 128
+    """Width of the view-direction branch."""
+    position_frequencies: int = 10
+    """Frequencies of the position encoding (sin and cos of 2^k * pi * x, k < this)."""
+    direction_frequencies: int = 4
+    """Frequencies of the view-direction encoding."""
+    encoding_implementation: EncodingImpl = "auto"
+    """Positional encoding backend: tinycudann where installed ('auto'), or 'torch'."""
+    background_color: Literal["random", "last_sample", "black", "white"] = "white"
+    """Color of empty space behind the scene."""
+    raw_noise_std: float = 1.0
+    """Std of Gaussian noise added to raw density while training (1.0 as the original NeRF on real scenes)."""
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    """Quantization spec shared by training and export."""
+    loss_coefficients: Dict[str, float] = field(
+        default_factory=lambda: {"rgb_loss_coarse": 1.0, "rgb_loss_fine": 1.0}
+    )
+    """Weights of the coarse and fine photometric losses."""
+
+
+class NeRFQATModel(Model):
+    """Coarse-to-fine NeRF with fake-quantized MLPs."""
+
+    config: NeRFQATModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        cfg = self.config
+        self.field_coarse = self._make_field()
+        self.field_fine = self._make_field()
+        self.sampler_uniform = UniformSampler(num_samples=cfg.num_coarse_samples)
+        self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples)
+        self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer()
+        self.rgb_loss = MSELoss()
+
+        from torchmetrics.functional import structural_similarity_index_measure
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = structural_similarity_index_measure
+        self.lpips = OfflineLPIPS()
+        self.update_to_step(0)
+
+    def _make_field(self) -> QuantNeRFField:
+        cfg = self.config
+        pos_enc = nerf_encoding(3, cfg.position_frequencies, cfg.encoding_implementation)
+        dir_enc = nerf_encoding(3, cfg.direction_frequencies, cfg.encoding_implementation)
+        mlp = NeRFMLP(
+            position_dim=pos_enc.get_out_dim(),
+            direction_dim=dir_enc.get_out_dim(),
+            quant=cfg.quant,
+            num_layers=cfg.num_layers,
+            layer_width=cfg.layer_width,
+            skip_layer=cfg.skip_layer,
+            view_width=cfg.view_width,
+        )
+        return QuantNeRFField(mlp, pos_enc, dir_enc, raw_noise_std=cfg.raw_noise_std)
+
+    @property
+    def mlps(self) -> Tuple[nn.Module, nn.Module]:
+        """The coarse and fine MLPs."""
+        return self.field_coarse.mlp, self.field_fine.mlp
+
+    # --- QAT schedule -------------------------------------------------------------------------------------------
+
+    def update_to_step(self, step: int) -> None:
+        """Fake quantization on from ``quant_start_step``; observers move until ``freeze_observers_step``."""
+        q = self.config.quant
+        active = q.enabled and step >= q.quant_start_step
+        observe = q.freeze_observers_step < 0 or step < q.freeze_observers_step
+        set_quant_state(self, active=active, observe=observe)
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.update_to_step,
+            )
+        ]
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
+
+    # --- rendering ----------------------------------------------------------------------------------------------
+
+    def _render(self, field_: QuantNeRFField, ray_samples) -> Tuple[Dict[str, Tensor], Tensor]:
+        out = field_(ray_samples)
+        weights = ray_samples.get_weights(out[FieldHeadNames.DENSITY])
+        rendered = {
+            "rgb": self.renderer_rgb(rgb=out[FieldHeadNames.RGB], weights=weights),
+            "accumulation": self.renderer_accumulation(weights),
+            "depth": self.renderer_depth(weights, ray_samples),
+        }
+        return rendered, weights
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
+        samples_coarse = self.sampler_uniform(ray_bundle)
+        coarse, weights_coarse = self._render(self.field_coarse, samples_coarse)
+        samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)
+        fine, _ = self._render(self.field_fine, samples_fine)
+        outputs = dict(fine)
+        outputs.update({f"{k}_coarse": v for k, v in coarse.items()})
+        return outputs
+
+    # --- losses and metrics -------------------------------------------------------------------------------------
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        image = batch["image"].to(outputs["rgb"].device)
+        losses = {}
+        for name, suffix in (("rgb_loss_coarse", "_coarse"), ("rgb_loss_fine", "")):
+            pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
+                pred_image=outputs["rgb" + suffix],
+                pred_accumulation=outputs["accumulation" + suffix],
+                gt_image=image,
+            )
+            losses[name] = self.rgb_loss(gt, pred)
+        return misc.scale_dict(losses, self.config.loss_coefficients)
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = batch["image"].to(outputs["rgb"].device)
+        image = self.renderer_rgb.blend_background(image)
+        return {"psnr": self.psnr(outputs["rgb"], image)}
+
+    def size_metrics(self) -> Dict[str, float]:
+        """Parameter count and model size in bytes, fp32 and at the quantized bit widths (both MLPs)."""
+        mlps = self.mlps
+        return {
+            "num_params": float(sum(p.numel() for m in mlps for p in m.parameters())),
+            "model_bytes_fp32": float(sum(fp32_nbytes(m) for m in mlps)),
+            "model_bytes_quantized": float(sum(quantized_nbytes(m, self.config.quant) for m in mlps)),
+        }
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
+        near_far = self._near_far()
+
+        def depth_image(suffix: str) -> Tensor:
+            return colormaps.apply_depth_colormap(
+                outputs["depth" + suffix], accumulation=outputs["accumulation" + suffix], **near_far
+            )
+
+        images = {
+            "img": torch.cat([image, outputs["rgb_coarse"], outputs["rgb"]], dim=1),
+            "accumulation": torch.cat(
+                [colormaps.apply_colormap(outputs["accumulation_coarse"]), colormaps.apply_colormap(outputs["accumulation"])],
+                dim=1,
+            ),
+            "depth": torch.cat([depth_image("_coarse"), depth_image("")], dim=1),
+        }
+
+        def nchw(x: Tensor) -> Tensor:
+            return torch.moveaxis(x, -1, 0)[None, ...]
+
+        gt, fine, coarse = nchw(image), nchw(outputs["rgb"]), nchw(outputs["rgb_coarse"])
+        metrics: Dict[str, float] = {
+            "psnr": float(self.psnr(fine, gt)),
+            "coarse_psnr": float(self.psnr(coarse, gt)),
+            "ssim": float(self.ssim(fine, gt)),  # type: ignore[arg-type]
+            "coarse_ssim": float(self.ssim(coarse, gt)),  # type: ignore[arg-type]
+        }
+        lpips = self.lpips(fine, gt)
+        if lpips is not None:
+            metrics["lpips"] = lpips
+        metrics.update(self.size_metrics())
+        return metrics, images
+
+    def _near_far(self) -> Dict[str, Optional[float]]:
+        params = self.config.collider_params or {}
+        return {"near_plane": params.get("near_plane"), "far_plane": params.get("far_plane")}

@@ -1,0 +1,141 @@
+"""Fake-quantized building blocks: an activation quantizer and a Linear (optionally fused with its ReLU).
+
+Drop-in for any MLP: build the layers from a ``QuantConfig``, feed the first layer the output of an
+``ActQuantizer``, and switch simulation on or off for the whole module with ``set_quant_state``.
+
+While quantization is active the layers pass ``QTensor`` values (integer codes and a scale) to one another.
+A Linear multiplies the codes of its input by the codes of its weight and scales the result once:
+
+    y = (x_codes @ w_codes.T) * (x_scale * w_scale) + bias
+
+The product of codes holds small integers, which fp32 represents exactly (|sum| < 2**24), so this is the
+value an integer kernel computes, and the exported model can reproduce it bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nerfqat_plugin.quant.config import QuantConfig
+from nerfqat_plugin.quant.fake_quant import QTensor, activation_qparams, codes_ste, weight_codes, weight_scale
+
+Activation = Union[Tensor, QTensor]
+
+
+class QuantModule(nn.Module):
+    """Base of the modules whose simulation ``set_quant_state`` switches."""
+
+    quant_active: bool = False
+    """Simulate quantization (True) or compute in plain floating point (False)."""
+    observing: bool = True
+    """Let activation observers update their ranges in training mode."""
+
+
+class ActQuantizer(QuantModule):
+    """Per-tensor asymmetric activation quantizer with a moving-average min/max observer.
+
+    Buffers ``min_val``/``max_val`` are part of the state dict, so a checkpoint restores the ranges exactly.
+    """
+
+    def __init__(self, config: QuantConfig) -> None:
+        super().__init__()
+        self.qmax = config.activation_qmax
+        self.momentum = config.observer_momentum
+        self.register_buffer("min_val", torch.zeros(()))
+        self.register_buffer("max_val", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach())
+        if bool(self.initialized):
+            self.min_val.lerp_(lo, self.momentum)
+            self.max_val.lerp_(hi, self.momentum)
+        else:
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+            self.initialized.fill_(True)
+
+    def qparams(self):
+        """``(scale, zero_point)`` from the observed range."""
+        return activation_qparams(self.min_val, self.max_val, self.qmax)
+
+    def forward(self, x: Tensor) -> Activation:
+        if self.training and self.observing:
+            self.observe(x)
+        if not self.quant_active:
+            return x
+        scale, zero_point = self.qparams()
+        return QTensor(codes_ste(x, scale, zero_point, 0, self.qmax), scale)
+
+
+class QuantLinear(nn.Linear, QuantModule):
+    """Linear layer with per-output-channel symmetric fake-quantized weights.
+
+    Takes one or more inputs (``in_splits`` gives their widths); several inputs act as their concatenation,
+    each with its own activation scale (the skip connection and the view-direction branch of a NeRF).
+    With ``relu`` the ReLU is fused (``config.fused``: quantize the ReLU output over ``[0, max]``) or not
+    (quantize the signed Linear output, then apply the ReLU). With ``quantize_output`` and no ReLU, the
+    signed output is quantized for the next layer. Otherwise the output stays floating point.
+    """
+
+    def __init__(
+        self,
+        in_splits: Sequence[int],
+        out_features: int,
+        config: QuantConfig,
+        relu: bool = False,
+        quantize_output: bool = False,
+    ) -> None:
+        super().__init__(sum(in_splits), out_features)
+        self.in_splits = tuple(int(s) for s in in_splits)
+        self.weight_qmax = config.weight_qmax
+        self.relu = relu
+        self.fused = config.fused
+        self.out_quant = ActQuantizer(config) if (relu or quantize_output) else None
+
+    def linear(self, inputs: Sequence[Activation]) -> Tensor:
+        """The Linear part: float output (dequantized accumulator when quantization is active)."""
+        if not self.quant_active:
+            x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)  # type: ignore[arg-type]
+            return F.linear(x, self.weight, self.bias)
+        w_scale = weight_scale(self.weight, self.weight_qmax)
+        w_codes = weight_codes(self.weight, w_scale, self.weight_qmax)
+        out = None
+        for x, w in zip(inputs, w_codes.split(self.in_splits, dim=1)):
+            if not isinstance(x, QTensor):
+                raise TypeError(f"{type(self).__name__}: quantized input expected, got {type(x).__name__}")
+            part = (x.codes @ w.T) * (x.scale * w_scale)
+            out = part if out is None else out + part
+        return out + self.bias  # type: ignore[operator]
+
+    def forward(self, *inputs: Activation) -> Activation:
+        if len(inputs) != len(self.in_splits):
+            raise ValueError(f"{type(self).__name__} expects {len(self.in_splits)} inputs, got {len(inputs)}")
+        y = self.linear(inputs)
+        if self.out_quant is None:
+            return y
+        if self.relu and self.fused:
+            return self.out_quant(torch.relu(y))
+        q = self.out_quant(y)
+        if not self.relu:
+            return q
+        # Unfused: ReLU after quantization. On the grid, ReLU clamps the codes at zero (the zero point).
+        return QTensor(torch.relu(q.codes), q.scale) if isinstance(q, QTensor) else torch.relu(q)
+
+
+def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
+    """Switch fake quantization and observer updates for every quantized layer inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, QuantModule):
+            m.quant_active = active
+            m.observing = observe
+
+
+def as_float(x: Activation) -> Tensor:
+    """The floating-point value of an activation, quantized or not."""
+    return x.dequantize() if isinstance(x, QTensor) else x
