@@ -54,9 +54,7 @@ class NeRFQATModelConfig(ModelConfig):
     """Std of Gaussian noise added to raw density while training (1.0 as the original NeRF on real scenes)."""
     quant: QuantConfig = field(default_factory=QuantConfig)
     """Quantization spec shared by training and export."""
-    loss_coefficients: Dict[str, float] = field(
-        default_factory=lambda: {"rgb_loss_coarse": 1.0, "rgb_loss_fine": 1.0}
-    )
+    loss_coefficients: Dict[str, float] = field(default_factory=lambda: {"rgb_loss_coarse": 1.0, "rgb_loss_fine": 1.0})
     """Weights of the coarse and fine photometric losses."""
 
 
@@ -191,8 +189,7 @@ class NeRFQATModel(Model):
         images = {
             "img": torch.cat([image, outputs["rgb_coarse"], outputs["rgb"]], dim=1),
             "accumulation": torch.cat(
-                [colormaps.apply_colormap(outputs["accumulation_coarse"]), colormaps.apply_colormap(outputs["accumulation"])],
-                dim=1,
+                [colormaps.apply_colormap(outputs[k]) for k in ("accumulation_coarse", "accumulation")], dim=1
             ),
             "depth": torch.cat([depth_image("_coarse"), depth_image("")], dim=1),
         }

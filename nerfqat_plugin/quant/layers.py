@@ -106,7 +106,7 @@ class QuantLinear(nn.Linear, QuantModule):
         w_scale = weight_scale(self.weight, self.weight_qmax)
         w_codes = weight_codes(self.weight, w_scale, self.weight_qmax)
         out = None
-        for x, w in zip(inputs, w_codes.split(self.in_splits, dim=1)):
+        for x, w in zip(inputs, w_codes.split(self.in_splits, dim=1), strict=True):
             if not isinstance(x, QTensor):
                 raise TypeError(f"{type(self).__name__}: quantized input expected, got {type(x).__name__}")
             part = (x.codes @ w.T) * (x.scale * w_scale)
