@@ -4,7 +4,7 @@ VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(CURDIR)/.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nerfqat-installed
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,5 +21,13 @@ lint: install
 	$(BIN)/ruff check nerfqat_plugin tests scripts
 	$(BIN)/ruff format --check nerfqat_plugin tests scripts
 
-test: lint
+# Chromium + chromedriver (browser test of the viewer) and ffmpeg (ns-render), from Debian when apt is there.
+system-deps:
+	@missing=""; for c in chromium chromedriver ffmpeg; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver ffmpeg) \
+			>/dev/null || echo "could not install chromium/ffmpeg with apt-get: the tests that need them are skipped"; \
+	fi
+
+test: lint system-deps
 	$(BIN)/python -m pytest -q tests

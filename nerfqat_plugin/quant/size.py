@@ -1,10 +1,11 @@
-"""Model size in bytes: fp32, and as the integer export stores it."""
+"""Model size: parameter count, fp32 bytes, and bytes as the integer export stores the tensors."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from nerfqat_plugin.quant.config import QuantConfig
+from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 from nerfqat_plugin.quant.pack import packed_nbytes
 
@@ -16,19 +17,30 @@ ACT_QPARAM_BYTES = 8
 """Activation scale and zero point, float32 each."""
 
 
+def _linear_shapes(module: nn.Module):
+    for m in module.modules():
+        if isinstance(m, QuantLinear):
+            yield tuple(m.weight.shape)
+        elif isinstance(m, IntLinear):
+            yield tuple(m.weight_codes.shape)
+
+
+def num_params(module: nn.Module) -> int:
+    """Weights and biases of the Linear layers (trained or integer)."""
+    return sum(o * i + o for o, i in _linear_shapes(module))
+
+
 def fp32_nbytes(module: nn.Module) -> int:
-    """Bytes of the module's parameters in float32."""
-    return 4 * sum(p.numel() for p in module.parameters())
+    """Bytes of the Linear weights and biases in float32."""
+    return 4 * num_params(module)
 
 
 def quantized_nbytes(module: nn.Module, config: QuantConfig) -> int:
     """Bytes of the tensors the integer export writes for ``module`` (without the file header)."""
-    total = 0
+    total = sum(
+        packed_nbytes(o * i, config.weight_bits) + o * (SCALE_BYTES + BIAS_BYTES) for o, i in _linear_shapes(module)
+    )
     for m in module.modules():
-        if isinstance(m, QuantLinear):
-            out_features, in_features = m.weight.shape
-            total += packed_nbytes(out_features * in_features, config.weight_bits)
-            total += out_features * (SCALE_BYTES + BIAS_BYTES)
-        elif isinstance(m, ActQuantizer):
+        if isinstance(m, (ActQuantizer, IntActQuantizer)) or (isinstance(m, IntLinear) and m.out_scale is not None):
             total += ACT_QPARAM_BYTES
     return total

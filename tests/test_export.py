@@ -1,0 +1,170 @@
+"""ns-export-int8: file contents and size, loading by every nerfstudio tool, fidelity, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from nerfqat_plugin.int8_format import FORMAT_VERSION, WEIGHTS_FILE, Int8ExportError, mlp_tensors, read_file, write_file
+from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.quant import QuantConfig
+from tests.conftest import ns
+
+
+@pytest.mark.parametrize("bits,limit", [(8, 1_230_000), (4, 640_000)])
+def test_default_architecture_file_size(tmp_path: Path, bits: int, limit: int):
+    """Coarse + fine original NeRF MLPs (1,191,688 parameters), written by the exporter's own writer."""
+    quant = QuantConfig(weight_bits=bits)
+    tensors = {}
+    for prefix in ("coarse.", "fine."):
+        tensors.update(mlp_tensors(NeRFMLP(63, 27, quant), prefix, quant))
+    path = tmp_path / WEIGHTS_FILE
+    write_file(path, tensors, {"architecture": {"num_layers": 8}, "quant": {"weight_bits": bits}})
+    size = path.stat().st_size
+    assert size <= limit, f"{size} bytes > {limit}"
+    assert not (tmp_path / (WEIGHTS_FILE + ".tmp")).exists()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained_run: Path) -> Path:
+    out = tmp_path_factory.mktemp("export") / "int8"
+    ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(out), cwd=out.parent)
+    return out
+
+
+def test_export_directory_and_file_are_self_describing(exported: Path, trained_run: Path):
+    assert sorted(p.name for p in exported.iterdir()) == ["config.yml", "model.safetensors", "nerfstudio_models"]
+    with safe_open(str(exported / WEIGHTS_FILE), framework="pt") as f:  # the safetensors library alone
+        meta = f.metadata()
+        keys = set(f.keys())
+        assert f.get_tensor("coarse.trunk.0.weight").dtype == torch.uint8
+        assert f.get_tensor("fine.trunk.0.weight_scale").dtype == torch.bfloat16
+    assert meta["format"] == "nerfqat-int8" and meta["format_version"] == str(FORMAT_VERSION)
+    for key in ("architecture", "quant", "dataparser", "scene", "step", "source_checkpoint_sha256"):
+        assert key in meta, key
+    assert json.loads(meta["quant"])["weight_bits"] == 8
+    assert {"coarse.position_quant.qparams", "fine.view.out_quant.qparams", "fine.rgb_head.bias"} <= keys
+    # the stub checkpoint holds the step and no weights
+    ckpt = next((exported / "nerfstudio_models").glob("step-*.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["pipeline"] == {}
+
+
+def test_eval_of_export_equals_fake_quantized_run_without_the_original_checkpoint(
+    exported: Path, trained_run: Path, tmp_path: Path
+):
+    ns("ns-eval", "--load-config", str(trained_run), "--output-path", str(tmp_path / "fq.json"), cwd=tmp_path)
+    models = trained_run.parent / "nerfstudio_models"
+    hidden = trained_run.parent / "hidden_models"
+    models.rename(hidden)  # the export must not need the training checkpoint
+    try:
+        ns(
+            "ns-eval",
+            "--load-config",
+            str(exported / "config.yml"),
+            "--output-path",
+            str(tmp_path / "i8.json"),
+            cwd=tmp_path,
+        )
+    finally:
+        hidden.rename(models)
+    fq = json.loads((tmp_path / "fq.json").read_text())["results"]
+    i8 = json.loads((tmp_path / "i8.json").read_text())["results"]
+    assert abs(fq["psnr"] - i8["psnr"]) <= 0.02
+    assert fq["psnr"] == i8["psnr"]  # bit-exact by design (integer accumulators equal the fp32 code products)
+    assert i8["model_bytes_quantized"] == fq["model_bytes_quantized"] and i8["num_params"] == fq["num_params"]
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ns-render needs ffmpeg: apt-get install ffmpeg")
+def test_ns_render_from_export(exported: Path, tmp_path: Path):
+    out = tmp_path / "render"
+    ns(
+        "ns-render", "interpolate", "--load-config", str(exported / "config.yml"), "--output-path", str(out),
+        "--output-format", "images", "--interpolation-steps", "1", "--rendered-output-names", "rgb", "depth",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert list(out.glob("*.png")) or list(out.glob("*.jpg")), list(out.iterdir())
+
+
+def _bad_copy(exported: Path, tmp_path: Path) -> Path:
+    path = tmp_path / WEIGHTS_FILE
+    shutil.copy(exported / WEIGHTS_FILE, path)
+    return path
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(Int8ExportError, match="not found"):
+        read_file(tmp_path / "nope.safetensors")
+
+
+def test_truncated_file(exported: Path, tmp_path: Path):
+    path = _bad_copy(exported, tmp_path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(Int8ExportError, match="truncated or corrupt"):
+        read_file(path)
+
+
+def test_corrupt_header(exported: Path, tmp_path: Path):
+    path = _bad_copy(exported, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json!!!!"
+    path.write_bytes(bytes(data))
+    with pytest.raises(Int8ExportError, match=str(path.name)):
+        read_file(path)
+
+
+def _rewrite_metadata(path: Path, **changes: str) -> None:
+    tensors, meta = read_file(path)
+    meta.update(changes)
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_unknown_format_version(exported: Path, tmp_path: Path):
+    path = _bad_copy(exported, tmp_path)
+    _rewrite_metadata(path, format_version="99")
+    with pytest.raises(Int8ExportError, match="unknown format version '99'"):
+        read_file(path)
+
+
+def test_architecture_mismatch_is_reported_when_loading(exported: Path, tmp_path: Path):
+    from nerfqat_plugin.int8_format import load_mlp_tensors
+
+    tensors, _ = read_file(exported / WEIGHTS_FILE)
+    wider = NeRFMLP(63, 27, QuantConfig(), num_layers=2, layer_width=48, skip_layer=1, view_width=16)
+    with pytest.raises(Int8ExportError, match="shape|architecture"):
+        load_mlp_tensors(wider, tensors, "coarse.", QuantConfig(), exported / WEIGHTS_FILE)
+    deeper = NeRFMLP(63, 27, QuantConfig(), num_layers=3, layer_width=32, skip_layer=1, view_width=16)
+    with pytest.raises(Int8ExportError, match="architecture mismatch"):
+        load_mlp_tensors(deeper, tensors, "coarse.", QuantConfig(), exported / WEIGHTS_FILE)
+
+
+def test_eval_of_export_with_mismatched_metadata_fails_with_one_clear_line(exported: Path, tmp_path: Path):
+    out = tmp_path / "copy"
+    shutil.copytree(exported, out)
+    _rewrite_metadata(out / WEIGHTS_FILE, architecture=json.dumps({"num_layers": 9}))
+    cfg = out / "config.yml"
+    config = yaml.load(cfg.read_text(), Loader=yaml.Loader)
+    config.pipeline.model.int8_weights = out / WEIGHTS_FILE
+    config.relative_model_dir = out / "nerfstudio_models"
+    cfg.write_text(yaml.dump(config))
+    with pytest.raises(AssertionError, match="does not match the config"):
+        ns("ns-eval", "--load-config", str(cfg), "--output-path", str(tmp_path / "x.json"), cwd=tmp_path)
+
+
+def test_export_cli_errors_leave_no_partial_output(tmp_path: Path, exported: Path, trained_run: Path):
+    missing = tmp_path / "missing" / "config.yml"
+    with pytest.raises(AssertionError, match="config file not found"):
+        ns("ns-export-int8", "--load-config", str(missing), "--output-dir", str(tmp_path / "o1"), cwd=tmp_path)
+    assert not (tmp_path / "o1").exists()
+    with pytest.raises(AssertionError, match="already exists"):
+        ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(exported), cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert struct.unpack("<Q", (exported / WEIGHTS_FILE).read_bytes()[:8])[0] > 0  # untouched, still valid
