@@ -3,27 +3,27 @@
 ``convert_to_int(module)`` swaps every ``QuantLinear`` for an ``IntLinear`` and every ``ActQuantizer`` for an
 ``IntActQuantizer`` in place, so the module's own wiring (its ``forward``) runs unchanged on integers.
 
-Activations travel as ``IntTensor``: int8 values ``a = q - 128`` where ``q`` in ``[0, 2**bits - 1]`` is the
-unsigned activation code, plus the scale and zero point. A Linear computes, per input segment,
+Activations travel as ``IntTensor``: unsigned codes ``q`` in ``[0, 2**bits - 1]`` (uint8), or the same codes
+shifted to int8 ``q - 128`` (what ``torch._int_mm`` takes), plus the scale and zero point. Three kernels:
 
-    acc = int_mm(a, w_codes.T) + (128 - zero_point) * row_sum(w_codes)      (exact int32)
-    y   = sum_segments(acc * (x_scale * w_scale)) + bias                   (fp32, same ops as training)
+- ``"onednn"``: oneDNN's int8 Linear (``torch.ops.onednn.qlinear_pointwise``, uint8 x int8 with prepacked
+  weights) with bias, ReLU and requantization fused into the matmul. The fastest on x86 CPUs. It rounds its
+  own way, so about one activation code in a million differs by one step from the fake-quantized model.
+- ``"int"``: ``torch._int_mm`` (int8 x int8 -> int32), then, per input segment and in fp32,
+  ``y = sum(acc * (x_scale * w_scale)) + bias`` and the same rounding function training used. The
+  accumulator equals the product of codes the fake-quantized layer formed in fp32, so the outputs are
+  bit-identical. ``compile=True`` fuses that epilogue with ``torch.compile`` (unfused it costs more than the
+  integer matmul saves).
+- ``"float"``: as ``"int"``, with the integer products formed in fp32 (exact below 2**24): any device.
 
-and requantizes ``y`` with the same rounding function that training used. The accumulator equals the
-product of codes that the fake-quantized layer formed in fp32, so both give bit-identical outputs.
-
-Two kernels compute ``acc``: ``"int"`` (``torch._int_mm``, int8 x int8 -> int32) and ``"float"`` (the same
-integers as fp32 values, exact below 2**24). ``"auto"`` takes ``"int"`` on CPU and ``"float"`` elsewhere
-(``_int_mm`` on CUDA needs more than 16 rows and widths that are multiples of 8, which the 63-wide input
-and 1-wide density head are not).
-``compile=True`` runs each layer through ``torch.compile``, which fuses the epilogue (scale, bias, ReLU,
-rounding) into one pass: without it the elementwise work costs more than the integer matmul saves.
+``"auto"`` takes ``"onednn"`` on CPU where PyTorch has it, else ``"float"`` (``_int_mm`` on CUDA needs more
+than 16 rows and widths that are multiples of 8, which the 63-wide input and 1-wide density head are not).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -31,37 +31,70 @@ from torch import Tensor, nn
 from nerfqat_plugin.quant.fake_quant import round_codes
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 
-Kernel = Literal["auto", "int", "float"]
+Kernel = Literal["auto", "onednn", "int", "float"]
 _SHIFT = 128
 
 
 class IntTensor(NamedTuple):
-    """An activation as int8 ``q - 128``, with its scale and zero point (0-d float tensors)."""
+    """An activation: uint8 codes ``q`` (or int8 ``q - 128``), with its scale and zero point (0-d tensors)."""
 
-    shifted: Tensor
+    values: Tensor
     scale: Tensor
     zero_point: Tensor
 
+    def codes(self) -> Tensor:
+        """Unsigned codes ``q`` as uint8."""
+        v = self.values
+        return v if v.dtype == torch.uint8 else (v.to(torch.int16) + _SHIFT).to(torch.uint8)
+
+    def shifted(self) -> Tensor:
+        """``q - 128`` as int8."""
+        v = self.values
+        return v if v.dtype == torch.int8 else (v.to(torch.int16) - _SHIFT).to(torch.int8)
+
     def dequantize(self) -> Tensor:
-        return (self.shifted.float() + _SHIFT - self.zero_point) * self.scale
+        return (self.codes().float() - self.zero_point) * self.scale
 
 
 def _to_shifted(codes: Tensor) -> Tensor:
     return (codes - _SHIFT).to(torch.int8)
 
 
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's int8 Linear."""
+    return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
+
+
+def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
+    if kernel != "auto":
+        return kernel
+    if device.type == "cpu":
+        return "onednn" if onednn_available() else "int"
+    return "float"
+
+
 class IntActQuantizer(nn.Module):
     """Quantizes a float input (an encoding) to an ``IntTensor`` with frozen ``scale`` and ``zero_point``."""
 
-    def __init__(self, scale: Tensor, zero_point: Tensor, qmax: int) -> None:
+    def __init__(
+        self, scale: Tensor, zero_point: Tensor, qmax: int, kernel: Kernel = "auto", compile: bool = False
+    ) -> None:
         super().__init__()
         self.qmax = qmax
+        self.kernel: Kernel = kernel
+        self.compile = compile
         self.register_buffer("scale", scale.detach().float().reshape(()).clone())
         self.register_buffer("zero_point", zero_point.detach().float().reshape(()).clone())
 
     def forward(self, x: Tensor) -> IntTensor:
-        codes = round_codes(x, self.scale, self.zero_point, 0, self.qmax)
-        return IntTensor(_to_shifted(codes), self.scale, self.zero_point)
+        unsigned = resolve_kernel(self.kernel, x.device) == "onednn"
+        values = _call(_quantize_input, (x, self.scale, self.zero_point, self.qmax, unsigned), self.compile)
+        return IntTensor(values, self.scale, self.zero_point)
+
+
+def _quantize_input(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, unsigned: bool) -> Tensor:
+    codes = round_codes(x, scale, zero_point, 0, qmax)
+    return codes.to(torch.uint8) if unsigned else _to_shifted(codes)
 
 
 def _int_linear(
@@ -101,25 +134,25 @@ def _int_linear(
     return _to_shifted(codes)
 
 
-_compiled_int_linear = None
+_compiled: Dict[Callable, Callable] = {}
 _compile_failed = False
 
 
-def _run_compiled(args):
-    """``_int_linear`` through ``torch.compile``; falls back to eager (once said) if compilation fails."""
-    global _compiled_int_linear, _compile_failed
-    if _compile_failed:
-        return _int_linear(*args)
-    if _compiled_int_linear is None:
+def _call(fn: Callable, args: tuple, compile: bool):
+    """``fn(*args)``, through ``torch.compile`` if asked; falls back to eager (said once) if compiling fails."""
+    global _compile_failed
+    if not compile or _compile_failed:
+        return fn(*args)
+    if fn not in _compiled:
         # One graph per layer signature (inputs, ReLU, fused, kernel, widths of 1): more than dynamo's default 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled_int_linear = torch.compile(_int_linear, dynamic=True)
+        _compiled[fn] = torch.compile(fn, dynamic=True)
     try:
-        return _compiled_int_linear(*args)
+        return _compiled[fn](*args)
     except Exception as err:  # a missing C++ compiler or an unsupported backend must not stop rendering
         _compile_failed = True
         warnings.warn(f"torch.compile of the integer layers failed, running them eagerly (slower): {err}", stacklevel=2)
-        return _int_linear(*args)
+        return fn(*args)
 
 
 class IntLinear(nn.Module):
@@ -154,10 +187,11 @@ class IntLinear(nn.Module):
         self._prepare()
 
     def _prepare(self) -> None:
-        """Per-segment transposed weights and row sums, laid out for ``_int_mm`` (derived, not saved)."""
+        """Per-segment weight layouts for the kernels (derived from ``weight_codes``, not saved)."""
         segments = self.weight_codes.split(self.in_splits, dim=1)
         self._weights = [s.t().contiguous() for s in segments]
         self._row_sums = [s.to(torch.int32).sum(dim=1) for s in segments]
+        self._packed = None  # oneDNN's prepacked weights, made on first use
 
     def _apply(self, fn, recurse=True):  # keep the derived tensors on the module's device
         super()._apply(fn, recurse)
@@ -165,28 +199,69 @@ class IntLinear(nn.Module):
         return self
 
     def forward(self, *inputs: IntTensor):
-        kernel = self.kernel
-        if kernel == "auto":
-            kernel = "int" if self.weight_codes.device.type == "cpu" else "float"
-        lead = inputs[0].shifted.shape[:-1]
-        args = (
-            [(x.shifted.reshape(-1, x.shifted.shape[-1]), x.scale, x.zero_point) for x in inputs],
-            self._weights,
-            self._row_sums,
-            self.weight_scale,
-            self.bias,
-            self.out_scale,
-            self.out_zero_point,
-            self.qmax,
-            self.relu,
-            self.fused,
-            kernel,
-        )
-        y = _run_compiled(args) if self.compile else _int_linear(*args)
+        kernel = resolve_kernel(self.kernel, self.weight_codes.device)
+        lead = inputs[0].values.shape[:-1]
+        flat = [IntTensor(x.values.reshape(-1, x.values.shape[-1]), x.scale, x.zero_point) for x in inputs]
+        if kernel == "onednn":
+            y = self._onednn(flat)
+        else:
+            args = (
+                [(x.shifted(), x.scale, x.zero_point) for x in flat],
+                self._weights,
+                self._row_sums,
+                self.weight_scale,
+                self.bias,
+                self.out_scale,
+                self.out_zero_point,
+                self.qmax,
+                self.relu,
+                self.fused,
+                kernel,
+            )
+            y = _call(_int_linear, args, self.compile)
         y = y.reshape(*lead, y.shape[-1])
         if self.out_scale is None:
             return y
         return IntTensor(y, self.out_scale, self.out_zero_point)
+
+    def _onednn(self, inputs: List[IntTensor]) -> Tensor:
+        """oneDNN int8 Linear; several inputs: all but the last to fp32, summed into the last one's epilogue."""
+        ops = torch.ops.onednn
+        if self._packed is None:
+            segments = self.weight_codes.split(self.in_splits, dim=1)
+            self._packed = [ops.qlinear_prepack(s.contiguous(), None) for s in segments]
+            self._w_zero = torch.zeros(self.weight_codes.shape[0], dtype=torch.long)
+        quantized = self.out_scale is not None
+        out_scale = float(self.out_scale) if quantized else 1.0
+        out_zp = int(self.out_zero_point) if quantized else 0
+        out_dtype = torch.uint8 if quantized else torch.float32
+        post_op = "relu" if self.relu and self.fused else "none"
+        partial = None
+        for x, packed in zip(inputs[:-1], self._packed[:-1], strict=True):
+            y = ops.qlinear_pointwise(
+                x.codes(), float(x.scale), int(x.zero_point), packed, self.weight_scale, self._w_zero,
+                None, 1.0, 0, torch.float32, "none", [None], "",
+            )  # fmt: skip
+            partial = y if partial is None else partial + y
+        x = inputs[-1]
+        if partial is None:
+            y = ops.qlinear_pointwise(
+                x.codes(), float(x.scale), int(x.zero_point), self._packed[-1], self.weight_scale, self._w_zero,
+                self.bias, out_scale, out_zp, out_dtype, post_op, [None], "",
+            )  # fmt: skip
+        else:
+            # oneDNN sums only into an output of the same dtype: finish in fp32, then requantize here.
+            y = ops.qlinear_pointwise.binary(
+                x.codes(), float(x.scale), int(x.zero_point), self._packed[-1], self.weight_scale, self._w_zero,
+                partial, self.bias, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, post_op, [None], "",
+            )  # fmt: skip
+            if quantized:
+                y = round_codes(y, self.out_scale, self.out_zero_point, 0, self.qmax).to(torch.uint8)
+        if quantized and self.qmax < 255:
+            y = y.clamp_max(self.qmax)
+        if quantized and self.relu and not self.fused:
+            y = y.clamp_min(out_zp)
+        return y
 
 
 def int_linear_from(layer: QuantLinear, kernel: Kernel = "auto", compile: bool = False) -> IntLinear:
@@ -228,7 +303,7 @@ def convert_to_int(module: nn.Module, kernel: Kernel = "auto", compile: bool = F
         if isinstance(child, QuantLinear):
             setattr(module, name, int_linear_from(child, kernel, compile))
         elif isinstance(child, ActQuantizer):
-            setattr(module, name, IntActQuantizer(*child.qparams(), child.qmax))
+            setattr(module, name, IntActQuantizer(*child.qparams(), child.qmax, kernel, compile))
         else:
             convert_to_int(child, kernel, compile)
     return module
@@ -237,5 +312,5 @@ def convert_to_int(module: nn.Module, kernel: Kernel = "auto", compile: bool = F
 def set_kernel(module: nn.Module, kernel: Kernel, compile: bool) -> None:
     """Choose the accumulator kernel and compilation for every ``IntLinear`` inside ``module``."""
     for m in module.modules():
-        if isinstance(m, IntLinear):
+        if isinstance(m, (IntLinear, IntActQuantizer)):
             m.kernel, m.compile = kernel, compile
