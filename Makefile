@@ -29,5 +29,8 @@ system-deps:
 			>/dev/null || echo "could not install chromium/ffmpeg with apt-get: the tests that need them are skipped"; \
 	fi
 
+demo: install
+	$(BIN)/python scripts/demo.py
+
 test: lint system-deps
 	$(BIN)/python -m pytest -q tests
