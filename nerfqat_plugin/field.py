@@ -61,5 +61,7 @@ class QuantNeRFField(Field):
         self, ray_samples: RaySamples, density_embedding: Optional[Activation] = None
     ) -> Dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
-        directions = self.direction_encoding(0.5 * ray_samples.frustums.directions)
+        # a model that warps rays (NDC) passes the world viewing direction along in the ray metadata
+        view_dirs = (ray_samples.metadata or {}).get("view_directions", ray_samples.frustums.directions)
+        directions = self.direction_encoding(0.5 * view_dirs)
         return {FieldHeadNames.RGB: self.mlp.color(density_embedding, directions)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
@@ -10,7 +11,7 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import MSELoss
-from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.ray_samplers import LinearDisparitySampler, PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc
@@ -18,11 +19,14 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding
+from nerfqat_plugin.int8_format import Int8ExportError, decode, load_mlp_tensors, read_file
 from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.ndc import ndc_rays
 from nerfqat_plugin.quant.config import QuantConfig
+from nerfqat_plugin.quant.int8 import Kernel, set_kernel
 from nerfqat_plugin.quant.layers import set_quant_state
-from nerfqat_plugin.quant.size import fp32_nbytes, quantized_nbytes
+from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
 
 
 @dataclass
@@ -52,8 +56,19 @@ class NeRFQATModelConfig(ModelConfig):
     """Color of empty space behind the scene."""
     raw_noise_std: float = 1.0
     """Std of Gaussian noise added to raw density while training (1.0 as the original NeRF on real scenes)."""
+    ndc: Literal["auto", "on", "off"] = "auto"
+    """Warp rays to normalized device coordinates (forward-facing scenes); 'auto' follows llff-data's --ndc flag."""
+    lindisp: bool = False
+    """Without NDC: space the coarse samples evenly in inverse depth instead of depth (NDC does this by itself)."""
     quant: QuantConfig = field(default_factory=QuantConfig)
     """Quantization spec shared by training and export."""
+    int8_weights: Optional[Path] = None
+    """Integer export file to render from (ns-export-int8 sets it); the MLPs then run on its integer weights."""
+    int8_kernel: Kernel = "auto"
+    """Integer matmul of an export: 'onednn' (fused int8 Linear, CPU), 'int' (torch._int_mm, bit-exact),
+    'float' (exact in fp32, any device); 'auto': onednn on CPU, float elsewhere."""
+    int8_compile: bool = False
+    """With the 'int' kernel: fuse each layer's epilogue with torch.compile (compiles on first use)."""
     loss_coefficients: Dict[str, float] = field(default_factory=lambda: {"rgb_loss_coarse": 1.0, "rgb_loss_fine": 1.0})
     """Weights of the coarse and fine photometric losses."""
 
@@ -66,9 +81,14 @@ class NeRFQATModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         cfg = self.config
+        self._setup_ray_bounds()
         self.field_coarse = self._make_field()
         self.field_fine = self._make_field()
-        self.sampler_uniform = UniformSampler(num_samples=cfg.num_coarse_samples)
+        self.sampler_uniform = (
+            LinearDisparitySampler(num_samples=cfg.num_coarse_samples)
+            if self.use_lindisp
+            else UniformSampler(num_samples=cfg.num_coarse_samples)
+        )
         self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples)
         self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
         self.renderer_accumulation = AccumulationRenderer()
@@ -81,7 +101,40 @@ class NeRFQATModel(Model):
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.ssim = structural_similarity_index_measure
         self.lpips = OfflineLPIPS()
+        if cfg.int8_weights is not None:
+            self._load_int8(Path(cfg.int8_weights))
         self.update_to_step(0)
+
+    def _load_int8(self, path: Path) -> None:
+        """Make both MLPs integer ones holding the export's weights (checked against this config)."""
+        tensors, metadata = read_file(path)
+        arch = decode(metadata, "architecture")
+        if arch != self.architecture():
+            raise Int8ExportError(f"{path}: architecture {arch} does not match the config's {self.architecture()}")
+        quant = QuantConfig(**decode(metadata, "quant"))
+        for prefix, mlp in zip(("coarse.", "fine."), self.mlps, strict=True):
+            load_mlp_tensors(mlp, tensors, prefix, quant, path)
+            set_kernel(mlp, self.config.int8_kernel, self.config.int8_compile)
+        self.int8_metadata = metadata
+
+    def architecture(self) -> Dict[str, int]:
+        """The fields that fix the MLPs' tensor shapes (recorded in, and checked against, integer exports)."""
+        cfg = self.config
+        names = (
+            "num_layers",
+            "layer_width",
+            "skip_layer",
+            "view_width",
+            "position_frequencies",
+            "direction_frequencies",
+        )
+        return {name: int(getattr(cfg, name)) for name in names}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        if self.config.int8_weights is not None:
+            # An integer export's checkpoint holds no weights: they were read from the export file.
+            return super().load_state_dict(state_dict, strict=False)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _make_field(self) -> QuantNeRFField:
         cfg = self.config
@@ -126,11 +179,70 @@ class NeRFQATModel(Model):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
 
+    # --- near/far and NDC ---------------------------------------------------------------------------------------
+
+    def _setup_ray_bounds(self) -> None:
+        """Decide NDC and near/far from the dataparser metadata (llff-data); other dataparsers keep the collider."""
+        cfg = self.config
+        metadata = self.kwargs.get("metadata") or {}
+        ndc_params = metadata.get("ndc_params")
+        use_ndc = cfg.ndc == "on" or (cfg.ndc == "auto" and bool(metadata.get("ndc")))
+        if use_ndc and ndc_params is None:
+            raise ValueError("--pipeline.model.ndc on needs NDC parameters from the dataparser: use llff-data")
+        self.ndc_params: Optional[Dict[str, float]] = dict(ndc_params) if use_ndc else None
+        # (near, far, measured as depth along the camera axis rather than distance along the ray)
+        self.ray_bounds: Optional[Tuple[float, float, bool]] = None
+        if not use_ndc and "near_plane" in metadata and "far_plane" in metadata:
+            self.ray_bounds = (float(metadata["near_plane"]), float(metadata["far_plane"]), True)
+        elif not use_ndc and cfg.lindisp:
+            # nerfstudio's collider moves the near plane to 0 outside training, which 1/depth spacing cannot take
+            params = cfg.collider_params or {}
+            self.ray_bounds = (float(params.get("near_plane", 0.0)), float(params.get("far_plane", 0.0)), False)
+        if self.ray_bounds is not None and not 0 <= self.ray_bounds[0] < self.ray_bounds[1]:
+            raise ValueError(f"near/far planes {self.ray_bounds[:2]} must satisfy 0 <= near < far")
+        self.use_lindisp = cfg.lindisp and not use_ndc
+        if self.use_lindisp and self.ray_bounds is not None and self.ray_bounds[0] <= 0:
+            raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {self.ray_bounds[0]}")
+
+    def _prepare_rays(self, ray_bundle: RayBundle) -> RayBundle:
+        """Warp to NDC (nears 0, fars 1) or set the dataparser's near/far; unchanged for other dataparsers."""
+        if self.ndc_params is not None:
+            p = self.ndc_params
+            origins, directions = ndc_rays(
+                ray_bundle.origins, ray_bundle.directions, p["focal_x"], p["focal_y"], p["width"], p["height"],
+                p["near_plane"],
+            )  # fmt: skip
+            ones = torch.ones_like(origins[..., :1])
+            return RayBundle(
+                origins=origins,
+                directions=directions,
+                pixel_area=ray_bundle.pixel_area,
+                camera_indices=ray_bundle.camera_indices,
+                nears=torch.zeros_like(ones),
+                fars=ones,
+                # the color branch still sees the world viewing direction, as in the original NeRF
+                metadata={**ray_bundle.metadata, "view_directions": ray_bundle.directions},
+                times=ray_bundle.times,
+            )
+        if self.ray_bounds is not None:
+            near, far, along_axis = self.ray_bounds
+            stretch = torch.ones_like(ray_bundle.origins[..., :1])
+            if along_axis and "directions_norm" in ray_bundle.metadata:
+                # unit directions: a ray reaches depth z at distance z * |camera-frame direction with z = -1|
+                stretch = ray_bundle.metadata["directions_norm"]
+            ray_bundle.nears = near * stretch
+            ray_bundle.fars = far * stretch
+        return ray_bundle
+
     # --- rendering ----------------------------------------------------------------------------------------------
 
     def _render(self, field_: QuantNeRFField, ray_samples) -> Tuple[Dict[str, Tensor], Tensor]:
         out = field_(ray_samples)
-        weights = ray_samples.get_weights(out[FieldHeadNames.DENSITY])
+        density = out[FieldHeadNames.DENSITY]
+        if self.ndc_params is not None:
+            # NDC directions are not unit length: a step dt covers |d| dt of NDC space
+            density = density * ray_samples.frustums.directions.norm(dim=-1, keepdim=True)
+        weights = ray_samples.get_weights(density)
         rendered = {
             "rgb": self.renderer_rgb(rgb=out[FieldHeadNames.RGB], weights=weights),
             "accumulation": self.renderer_accumulation(weights),
@@ -139,6 +251,7 @@ class NeRFQATModel(Model):
         return rendered, weights
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
+        ray_bundle = self._prepare_rays(ray_bundle)
         samples_coarse = self.sampler_uniform(ray_bundle)
         coarse, weights_coarse = self._render(self.field_coarse, samples_coarse)
         samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)
@@ -170,7 +283,7 @@ class NeRFQATModel(Model):
         """Parameter count and model size in bytes, fp32 and at the quantized bit widths (both MLPs)."""
         mlps = self.mlps
         return {
-            "num_params": float(sum(p.numel() for m in mlps for p in m.parameters())),
+            "num_params": float(sum(num_params(m) for m in mlps)),
             "model_bytes_fp32": float(sum(fp32_nbytes(m) for m in mlps)),
             "model_bytes_quantized": float(sum(quantized_nbytes(m, self.config.quant) for m in mlps)),
         }
@@ -211,5 +324,10 @@ class NeRFQATModel(Model):
         return metrics, images
 
     def _near_far(self) -> Dict[str, Optional[float]]:
+        """Depth range for the depth colormap: [0, 1] in NDC, else the planes rays are sampled between."""
+        if self.ndc_params is not None:
+            return {"near_plane": 0.0, "far_plane": 1.0}
+        if self.ray_bounds is not None:
+            return {"near_plane": self.ray_bounds[0], "far_plane": self.ray_bounds[1]}
         params = self.config.collider_params or {}
         return {"near_plane": params.get("near_plane"), "far_plane": params.get("far_plane")}

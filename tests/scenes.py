@@ -37,3 +37,35 @@ def write_blender_scene(root: Path, size: int = 16, views: int = 6) -> Path:
             frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": _look_at(pos).tolist()})
         (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
     return root
+
+
+def write_llff_scene(
+    root: Path,
+    num_images: int = 6,
+    width: int = 16,
+    height: int = 12,
+    factor: int = 4,
+    focal: float = 40.0,
+    bounds: tuple = (2.0, 10.0),
+) -> Path:
+    """An LLFF-format scene: cameras on a small grid looking down -z, ``images_<factor>/`` of ``width x height``.
+
+    ``poses_bounds.npy`` holds the full-resolution size (factor x larger) and focal, LLFF axes [down, right, back],
+    and image names differ from any pose ordering key but sort in pose order (``frame_00.png``, ...).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / ("images" if factor == 1 else f"images_{factor}")
+    folder.mkdir(exist_ok=True)
+    rows = []
+    yy, xx = np.mgrid[0:height, 0:width]
+    for i in range(num_images):
+        center = np.array([0.2 * (i % 3) - 0.2, 0.1 * (i // 3), 0.0])
+        # identity camera orientation in OpenGL axes (right = x, up = y, back = z) written in LLFF columns
+        down, right, back = np.array([0.0, -1.0, 0.0]), np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
+        hwf = np.array([height * factor, width * factor, focal * factor])
+        pose = np.stack([down, right, back, center, hwf], axis=1)  # 3 x 5
+        rows.append(np.concatenate([pose.reshape(-1), np.asarray(bounds, dtype=float)]))
+        rgb = np.stack([xx / max(width - 1, 1), yy / max(height - 1, 1), np.full(xx.shape, i / num_images)], -1)
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(folder / f"frame_{i:02d}.png")
+    np.save(root / "poses_bounds.npy", np.stack(rows))
+    return root
