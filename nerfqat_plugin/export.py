@@ -13,13 +13,14 @@ import hashlib
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 import tyro
 import yaml
+from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.table import Table
 
@@ -46,6 +47,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return str(value)
+
+
+@dataclass
+class Int8ExportTrainerConfig(TrainerConfig):
+    """Config of an integer export: its base directory is the export directory itself (where config.yml is),
+    so nerfstudio's tools (ns-viewer creates the base directory) find everything inside it."""
+
+    def get_base_dir(self) -> Path:
+        return Path(self.output_dir)
 
 
 @dataclass
@@ -122,12 +132,12 @@ class ExportInt8:
         return out_abs
 
     @staticmethod
-    def _export_config(config, out_abs: Path):
+    def _export_config(config: TrainerConfig, out_abs: Path) -> "Int8ExportTrainerConfig":
         """The run's config, pointed at the export: integer weights file and checkpoint folder inside it."""
-        cfg = copy.deepcopy(config)
+        cfg = Int8ExportTrainerConfig(**{f.name: copy.deepcopy(getattr(config, f.name)) for f in fields(config)})
         cfg.pipeline.model.int8_weights = out_abs / WEIGHTS_FILE
-        cfg.output_dir = out_abs.parent
-        cfg.relative_model_dir = out_abs / "nerfstudio_models"  # absolute: get_checkpoint_dir() returns it as is
+        cfg.output_dir = out_abs
+        cfg.relative_model_dir = Path("nerfstudio_models")
         cfg.load_dir = None
         cfg.load_checkpoint = None
         return cfg

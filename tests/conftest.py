@@ -72,3 +72,11 @@ def trained_run(tmp_path_factory, blender_scene) -> Path:
     work = tmp_path_factory.mktemp("run")
     ns("ns-train", *train_args(work / "outputs", 30, ["blender-data", "--data", str(blender_scene)]), cwd=work)
     return find_config(work / "outputs")
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory, trained_run: Path) -> Path:
+    """Directory of ``trained_run``'s int8 export by ns-export-int8 (config.yml inside); shared, do not modify."""
+    out = tmp_path_factory.mktemp("export") / "int8"
+    ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(out), cwd=out.parent)
+    return out

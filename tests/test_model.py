@@ -1,0 +1,58 @@
+"""The nerf-qat model outside the trainer: QAT schedule, outputs, sizes."""
+
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+
+from nerfqat_plugin.model import NeRFQATModel, NeRFQATModelConfig
+from nerfqat_plugin.quant import QuantConfig
+
+
+def _model(**quant) -> NeRFQATModel:
+    config = NeRFQATModelConfig(
+        num_layers=2, layer_width=16, skip_layer=1, view_width=8, num_coarse_samples=4, num_importance_samples=4,
+        quant=QuantConfig(**quant),
+    )  # fmt: skip
+    return NeRFQATModel(config, scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
+
+
+def test_schedule_starts_quantization_and_freezes_observers_at_their_steps():
+    model = _model(quant_start_step=5, freeze_observers_step=10)
+    quantizer = model.field_fine.mlp.trunk[0].out_quant
+    states = {}
+    for step in (0, 4, 5, 9, 10, 50):
+        model.update_to_step(step)
+        states[step] = (quantizer.quant_active, quantizer.observing)
+    assert states == {
+        0: (False, True), 4: (False, True), 5: (True, True), 9: (True, True), 10: (True, False), 50: (True, False)
+    }  # fmt: skip
+
+
+def test_disabled_quantization_never_activates():
+    model = _model(enabled=False)
+    model.update_to_step(100)
+    assert not model.field_coarse.mlp.trunk[0].quant_active
+
+
+def test_outputs_include_fine_and_coarse_passes():
+    torch.manual_seed(0)
+    model = _model()
+    n = 5
+    rays = RayBundle(
+        origins=torch.zeros(n, 3),
+        directions=torch.nn.functional.normalize(torch.randn(n, 3), dim=-1),
+        pixel_area=torch.ones(n, 1),
+        camera_indices=torch.zeros(n, 1, dtype=torch.long),
+    )
+    outputs = model(rays)
+    for key in ("rgb", "depth", "accumulation", "rgb_coarse", "depth_coarse", "accumulation_coarse"):
+        assert key in outputs and outputs[key].shape[0] == n, key
+
+
+def test_default_size_metrics():
+    sizes = NeRFQATModel(
+        NeRFQATModelConfig(), scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1
+    ).size_metrics()
+    assert sizes["num_params"] == 1_191_688
+    assert sizes["model_bytes_fp32"] == 4 * 1_191_688
+    assert sizes["model_bytes_quantized"] < 1_230_000

@@ -1,0 +1,111 @@
+"""ns-viewer in a real browser: headless Chromium shows nerf-qat's renders of a trained run and of its int8 export.
+
+Each case starts ``ns-viewer`` on 127.0.0.1, opens it in headless Chromium, waits for the first rendered frame, and
+checks that the render area shows what the model renders from the viewer's start camera (RGB, then other outputs
+picked in the control panel), and that the server logs no error. Screenshots go to $NERFQAT_ARTIFACTS (default: the
+test's tmp_path) as viewer-trained*.png and viewer-int8*.png; the ones in docs/ come from scripts/viewer_screenshots.py
+(a longer-trained model, full-resolution frame).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+
+from tests.viewer_browser import (
+    ExpectedFrames,
+    Frame,
+    ViewerPage,
+    chromium,
+    difference,
+    downsample,
+    missing_browser,
+    viewer_server,
+)
+
+pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
+
+FIRST_FRAME_TIMEOUT = 150.0
+"""Seconds from page load to the first rendered frame (the int8 export compiles its layers on first render)."""
+RENDERED = 40.0
+"""A render area this far from the empty background (mean absolute difference, 0-255 levels) shows a frame."""
+SAME = 6.0
+"""Render area and expected frame, box-filtered to 16x12, differ by less than this when they show the same image."""
+SWITCH_TIMEOUT = 60.0
+"""Seconds for the viewer to show another output after it is picked in the control panel."""
+MATCH_TIMEOUT = 10.0
+"""Seconds for the render area to settle on the model's render (a frame sent while moving is re-sent when still)."""
+
+
+@pytest.fixture(scope="module")
+def trained_model(trained_run: Path):
+    """The trained model, loaded here to render what the viewer should show (the int8 export renders the same)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(trained_run, test_mode="inference")
+    return pipeline.model
+
+
+def _artifact(tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("NERFQAT_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def _show(page: ViewerPage, expected: ExpectedFrames, name: str, shown: Optional[np.ndarray]) -> Frame:
+    """Pick output ``name`` (unless ``shown`` is None: the default output) and wait until the model's render of it
+    is on screen; ``shown`` is the box-filtered render area before."""
+    if shown is not None:
+        page.choose_output(name)
+        page.wait_for(
+            lambda area, res: difference(downsample(area), shown) > RENDERED / 2,
+            SWITCH_TIMEOUT,
+            f"the render area to change after picking {name!r}",
+        )
+    shot, resolution = page.wait_for(
+        lambda area, res: expected.difference(area, res, name) < SAME,
+        MATCH_TIMEOUT,
+        f"the model's {name!r} render from the start camera",
+        explain=lambda area, res: f"differs from it by {expected.difference(area, res, name):.1f} levels",
+    )
+    print(f"{name}: frame {resolution}, {expected.difference(page.render_area(shot), resolution, name):.2f} levels")
+    return shot, resolution
+
+
+def _check_viewer(config: Path, model, tmp_path: Path, stem: str, outputs: Sequence[str]) -> None:
+    """ns-viewer on ``config`` in Chromium shows ``model``'s ``outputs`` (the first one is shown by default)."""
+    start = time.monotonic()
+    with viewer_server(config, tmp_path / "viewer.log") as server, chromium(tmp_path / "profile") as page:
+        page.open(server.url)
+        opened = time.monotonic()
+        background = page.empty_background()
+        page.wait_for(
+            lambda area, res: difference(area, background) > RENDERED, FIRST_FRAME_TIMEOUT, "a rendered frame"
+        )
+        first_frame = time.monotonic()
+        expected = ExpectedFrames(model, page.canvas_box()[2:])
+        shown = None
+        for name in outputs:
+            shot, _ = _show(page, expected, name, shown)
+            shot.save(_artifact(tmp_path, f"{stem}.png" if shown is None else f"{stem}-{name}.png"))
+            shown = downsample(page.render_area(shot))
+        assert not server.problems(), f"while the browser was connected:\n{server.log_text()}"
+    assert server.proc.returncode is not None
+    assert not server.problems(), server.log_text()
+    print(
+        f"{stem}: page connected {opened - start:.1f} s, first frame +{first_frame - opened:.1f} s, "
+        f"total {time.monotonic() - start:.1f} s"
+    )
+
+
+def test_viewer_shows_trained_run(trained_run: Path, trained_model, tmp_path: Path):
+    _check_viewer(trained_run, trained_model, tmp_path, "viewer-trained", ("rgb", "depth", "accumulation"))
+
+
+def test_viewer_shows_int8_export(exported_run: Path, trained_model, tmp_path: Path):
+    _check_viewer(exported_run / "config.yml", trained_model, tmp_path, "viewer-int8", ("rgb", "depth"))
