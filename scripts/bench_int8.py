@@ -2,7 +2,8 @@
 
 1. MLP throughput: the default NeRF MLP (595,844 parameters) at one batch size, samples/s of
    fp32 (quantization off), fake-quantized fp32 (what a QAT run computes), and the integer model
-   (oneDNN int8 Linear, the default on CPU; and torch._int_mm with a compiled epilogue, bit-exact).
+   (oneDNN int8 Linear, the default on CPU, with its few elementwise steps compiled or eager; and
+   torch._int_mm with a compiled epilogue, bit-exact).
    Timed repetitions are interleaved; the median is reported.
 2. Eval throughput (what ns-eval measures, rays/s over the held-out views): an fp32 run and a QAT run,
    both trained briefly with the default architecture on the demo scene, and the QAT run's int8 export.
@@ -79,7 +80,9 @@ def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
     fp32 = copy.deepcopy(mlp)
     set_quant_state(fp32, active=False, observe=False)
     int_onednn = convert_to_int(copy.deepcopy(mlp))
-    set_kernel(int_onednn, "onednn", compile=False)
+    set_kernel(int_onednn, "onednn", compile=True)
+    int_onednn_eager = convert_to_int(copy.deepcopy(mlp))
+    set_kernel(int_onednn_eager, "onednn", compile=False)
     int_compiled = convert_to_int(copy.deepcopy(mlp))
     set_kernel(int_compiled, "int", compile=True)
 
@@ -103,6 +106,7 @@ def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
             "fp32": run(fp32),
             "fake_quant": run(mlp),
             "int8_onednn": run(int_onednn),
+            "int8_onednn_eager_epilogue": run(int_onednn_eager),
             "int8_int_mm_compiled": run(int_compiled),
         },
         repeats,

@@ -92,6 +92,10 @@ class IntActQuantizer(nn.Module):
         return IntTensor(values, self.scale, self.zero_point)
 
 
+def _requantize(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int) -> Tensor:
+    return round_codes(y, scale, zero_point, 0, qmax).to(torch.uint8)
+
+
 def _quantize_input(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, unsigned: bool) -> Tensor:
     codes = round_codes(x, scale, zero_point, 0, qmax)
     return codes.to(torch.uint8) if unsigned else _to_shifted(codes)
@@ -256,7 +260,7 @@ class IntLinear(nn.Module):
                 partial, self.bias, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, post_op, [None], "",
             )  # fmt: skip
             if quantized:
-                y = round_codes(y, self.out_scale, self.out_zero_point, 0, self.qmax).to(torch.uint8)
+                y = _call(_requantize, (y, self.out_scale, self.out_zero_point, self.qmax), self.compile)
         if quantized and self.qmax < 255:
             y = y.clamp_max(self.qmax)
         if quantized and self.relu and not self.fused:
