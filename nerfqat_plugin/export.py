@@ -84,8 +84,12 @@ class ExportInt8:
         if not self.load_config.is_file():
             raise FileNotFoundError(f"{self.load_config}: config file not found (pass the run's config.yml)")
         out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{out}: exists and is not a directory (choose another --output-dir)")
         if out.exists() and any(out.iterdir()) and not self.overwrite:
             raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+        if out.resolve() in self.load_config.resolve().parents:
+            raise ValueError(f"{out}: holds the run being exported (choose another --output-dir)")
 
         config, pipeline, ckpt_path, step = eval_setup(self.load_config, test_mode="inference")
         model = pipeline.model
@@ -94,6 +98,12 @@ class ExportInt8:
         if model.config.int8_weights is not None:
             raise ValueError(f"{self.load_config}: this run is already an integer export")
         quant = model.config.quant
+        if not quant.enabled or step < quant.quant_start_step:
+            CONSOLE.print(
+                f"[yellow]warning: {self.load_config} never trained with fake quantization (enabled={quant.enabled}, "
+                f"step {step} < quant_start_step {quant.quant_start_step}): this export is post-training quantization"
+                " and will not match the run's own evaluation"
+            )
         tensors: Dict[str, torch.Tensor] = {}
         for prefix, mlp in zip(("coarse.", "fine."), model.mlps, strict=True):
             tensors.update(mlp_tensors(mlp, prefix, quant))

@@ -7,7 +7,8 @@ Per MLP (prefix ``coarse.`` or ``fine.``), for each Linear ``<name>``:
 and for each activation quantizer ``<name>`` (``<linear>.out_quant`` or an input quantizer):
   ``<name>.qparams``       float32 [2] = (scale, zero_point); value = (code - zero_point) * scale, code in
                            [0, 2**activation_bits - 1]
-Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``ndc`` (JSON),
+Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` (JSON; ``scene``
+holds the dataparser's metadata: near/far and the NDC parameters),
 ``step`` and ``source_checkpoint_sha256``.
 """
 

@@ -13,6 +13,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import LinearDisparitySampler, PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc
 from torch import Tensor, nn
@@ -50,8 +51,10 @@ class NeRFQATModelConfig(ModelConfig):
     """Frequencies of the position encoding (sin and cos of 2^k * pi * x, k < this)."""
     direction_frequencies: int = 4
     """Frequencies of the view-direction encoding."""
-    encoding_implementation: EncodingImpl = "auto"
-    """Positional encoding backend: tinycudann where installed ('auto'), or 'torch'."""
+    encoding_implementation: EncodingImpl = "torch"
+    """Positional encoding backend: 'torch', 'tcnn' (tinycudann), or 'auto' (tcnn where installed). The two order
+    and scale their features differently, so a run (and its export) must be rendered with the one it trained with
+    (recorded in the export and checked when it loads)."""
     background_color: Literal["random", "last_sample", "black", "white"] = "white"
     """Color of empty space behind the scene."""
     raw_noise_std: float = 1.0
@@ -82,6 +85,11 @@ class NeRFQATModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         cfg = self.config
+        if self.collider is not None and cfg.collider_params is not None:
+            # nerfstudio's default collider moves the near plane to 0 outside training: keep what training saw
+            self.collider = NearFarCollider(
+                cfg.collider_params["near_plane"], cfg.collider_params["far_plane"], reset_near_plane=False
+            )
         self._setup_ray_bounds()
         self.field_coarse = self._make_field()
         self.field_fine = self._make_field()
@@ -113,13 +121,18 @@ class NeRFQATModel(Model):
         if arch != self.architecture():
             raise Int8ExportError(f"{path}: architecture {arch} does not match the config's {self.architecture()}")
         quant = QuantConfig(**decode(metadata, "quant"))
+        if (quant.weight_bits, quant.activation_bits, quant.fused) != (
+            self.config.quant.weight_bits,
+            self.config.quant.activation_bits,
+            self.config.quant.fused,
+        ):
+            raise Int8ExportError(f"{path}: quantization {decode(metadata, 'quant')} does not match the config's")
         for prefix, mlp in zip(("coarse.", "fine."), self.mlps, strict=True):
             load_mlp_tensors(mlp, tensors, prefix, quant, path)
             set_kernel(mlp, self.config.int8_kernel, self.config.int8_compile)
-        self.int8_metadata = metadata
 
-    def architecture(self) -> Dict[str, int]:
-        """The fields that fix the MLPs' tensor shapes (recorded in, and checked against, integer exports)."""
+    def architecture(self) -> Dict[str, object]:
+        """What fixes the MLPs' tensors and inputs (recorded in, and checked against, integer exports)."""
         cfg = self.config
         names = (
             "num_layers",
@@ -129,7 +142,9 @@ class NeRFQATModel(Model):
             "position_frequencies",
             "direction_frequencies",
         )
-        return {name: int(getattr(cfg, name)) for name in names}
+        arch: Dict[str, object] = {name: int(getattr(cfg, name)) for name in names}
+        arch["encoding"] = "tcnn" if self.field_coarse.position_encoding.tcnn_encoding is not None else "torch"
+        return arch
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         if self.config.int8_weights is not None:

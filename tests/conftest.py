@@ -28,7 +28,9 @@ TINY_MODEL = [
 
 def ns(command: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run an installed console script (ns-train, ns-eval, ...) offline; fail with its output on error."""
+    # an empty torch home: LPIPS weights are never there, whatever this machine has cached
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    env["TORCH_HOME"] = str(Path(cwd) / ".torch-home-empty")
     proc = subprocess.run(
         [str(BIN / command), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -169,5 +169,21 @@ def test_export_cli_errors_leave_no_partial_output(tmp_path: Path, exported_run:
     assert not (tmp_path / "o1").exists()
     with pytest.raises(AssertionError, match="already exists"):
         ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(exported_run), cwd=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert struct.unpack("<Q", (exported_run / WEIGHTS_FILE).read_bytes()[:8])[0] > 0  # untouched, still valid
+    with pytest.raises(AssertionError, match="holds the run being exported"):
+        ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(trained_run.parent.parent),
+           "--overwrite", cwd=tmp_path)  # fmt: skip
+    assert trained_run.is_file()
+
+
+def test_failure_while_writing_leaves_nothing_behind(tmp_path: Path, trained_run: Path, monkeypatch):
+    import nerfqat_plugin.export as export
+
+    def broken_write(path, tensors, metadata):
+        path.write_bytes(b"partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(export, "write_file", broken_write)
+    with pytest.raises(OSError, match="simulated"):
+        export.ExportInt8(load_config=trained_run, output_dir=tmp_path / "out").run()
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the staging directory is left

@@ -34,6 +34,8 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.observer_momentum must be in (0, 1], got {self.observer_momentum}")
         if self.quant_start_step < 0:
             raise ValueError(f"QuantConfig.quant_start_step must be >= 0, got {self.quant_start_step}")
+        if self.freeze_observers_step == 0:
+            raise ValueError("QuantConfig.freeze_observers_step 0 would never calibrate the observers: use > 0, or -1")
 
     @property
     def weight_qmax(self) -> int:

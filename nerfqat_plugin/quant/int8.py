@@ -16,8 +16,9 @@ shifted to int8 ``q - 128`` (what ``torch._int_mm`` takes), plus the scale and z
   integer matmul saves).
 - ``"float"``: as ``"int"``, with the integer products formed in fp32 (exact below 2**24): any device.
 
-``"auto"`` takes ``"onednn"`` on CPU where PyTorch has it, else ``"float"`` (``_int_mm`` on CUDA needs more
-than 16 rows and widths that are multiples of 8, which the 63-wide input and 1-wide density head are not).
+``"auto"`` takes ``"onednn"`` on CPU (``"int"`` where PyTorch lacks it). Other devices always use ``"float"``:
+``_int_mm`` on CUDA needs more than 16 rows and widths that are multiples of 8, which the 63-wide input and
+the 1-wide density head are not.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def onednn_available() -> bool:
 
 
 def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
-    if kernel != "auto":
-        return kernel
-    if device.type == "cpu":
+    """The kernel that runs on ``device``: off the CPU only ``float`` does (the others are CPU kernels here)."""
+    if device.type != "cpu":
+        return "float"
+    if kernel == "auto" or (kernel == "onednn" and not onednn_available()):
         return "onednn" if onednn_available() else "int"
-    return "float"
+    return kernel
 
 
 class IntActQuantizer(nn.Module):

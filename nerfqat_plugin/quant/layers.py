@@ -52,13 +52,10 @@ class ActQuantizer(QuantModule):
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
         lo, hi = torch.aminmax(x.detach())
-        if bool(self.initialized):
-            self.min_val.lerp_(lo, self.momentum)
-            self.max_val.lerp_(hi, self.momentum)
-        else:
-            self.min_val.copy_(lo)
-            self.max_val.copy_(hi)
-            self.initialized.fill_(True)
+        # first batch: take its range; later: moving average. Branch-free, so no device-to-host sync.
+        self.min_val.copy_(torch.where(self.initialized, self.min_val.lerp(lo, self.momentum), lo))
+        self.max_val.copy_(torch.where(self.initialized, self.max_val.lerp(hi, self.momentum), hi))
+        self.initialized.fill_(True)
 
     def qparams(self):
         """``(scale, zero_point)`` from the observed range."""
