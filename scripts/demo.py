@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 CPU_SETTINGS = [
-    "--max-num-iterations", "1500",
+    "--max-num-iterations", "1100",
     "--pipeline.model.num-layers", "4",
     "--pipeline.model.layer-width", "128",
     "--pipeline.model.skip-layer", "2",
@@ -32,7 +32,7 @@ CPU_SETTINGS = [
     "--pipeline.model.num-coarse-samples", "32",
     "--pipeline.model.num-importance-samples", "32",
     "--pipeline.datamanager.train-num-rays-per-batch", "512",
-    "--optimizers.fields.scheduler.max-steps", "1500",
+    "--optimizers.fields.scheduler.max-steps", "1100",
 ]  # fmt: skip
 """Small network and batches: the CPU demo finishes in about 10 minutes on 2 cores."""
 GPU_SETTINGS = ["--max-num-iterations", "20000", "--optimizers.fields.scheduler.max-steps", "20000"]
