@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Literal, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from nerfqat_plugin.quant.fake_quant import round_codes
+from nerfqat_plugin.quant.fake_quant import round_codes, weight_codes, weight_scale
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 
 Kernel = Literal["auto", "onednn", "int", "float"]
@@ -90,15 +90,12 @@ class IntActQuantizer(nn.Module):
 
     def forward(self, x: Tensor) -> IntTensor:
         unsigned = resolve_kernel(self.kernel, x.device) == "onednn"
-        values = _call(_quantize_input, (x, self.scale, self.zero_point, self.qmax, unsigned), self.compile)
+        values = _call(_quantize, (x, self.scale, self.zero_point, self.qmax, unsigned), self.compile)
         return IntTensor(values, self.scale, self.zero_point)
 
 
-def _requantize(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int) -> Tensor:
-    return round_codes(y, scale, zero_point, 0, qmax).to(torch.uint8)
-
-
-def _quantize_input(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, unsigned: bool) -> Tensor:
+def _quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, unsigned: bool) -> Tensor:
+    """Float to codes with training's rounding: uint8 ``q`` (``unsigned``) or int8 ``q - 128``."""
     codes = round_codes(x, scale, zero_point, 0, qmax)
     return codes.to(torch.uint8) if unsigned else _to_shifted(codes)
 
@@ -262,7 +259,7 @@ class IntLinear(nn.Module):
                 partial, self.bias, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, post_op, [None], "",
             )  # fmt: skip
             if quantized:
-                y = _call(_requantize, (y, self.out_scale, self.out_zero_point, self.qmax), self.compile)
+                y = _call(_quantize, (y, self.out_scale, self.out_zero_point, self.qmax, True), self.compile)
         if quantized and self.qmax < 255:
             y = y.clamp_max(self.qmax)
         if quantized and self.relu and not self.fused:
@@ -290,8 +287,6 @@ def int_linear_from(layer: QuantLinear, kernel: Kernel = "auto", compile: bool =
 @torch.no_grad()
 def layer_tensors(layer: QuantLinear) -> Dict[str, Tensor]:
     """The integers and scales that define a trained ``QuantLinear``."""
-    from nerfqat_plugin.quant.fake_quant import weight_codes, weight_scale
-
     scale = weight_scale(layer.weight, layer.weight_qmax)
     out = {
         "weight_codes": weight_codes(layer.weight, scale, layer.weight_qmax).to(torch.int8),
