@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.layers import Activation, ActQuantizer, QuantLinear, as_float
+from nerfqat_plugin.quant.layers import Activation, ActQuantizer, QuantLinear
 
 
 class NeRFMLP(nn.Module):
@@ -61,10 +61,10 @@ class NeRFMLP(nn.Module):
         h: Activation = x
         for i, layer in enumerate(self.trunk):
             h = layer(h, x) if i == self.skip_layer and i > 0 else layer(h)
-        return as_float(self.density_head(h)), h
+        return self.density_head(h), h
 
     def color(self, trunk_out: Activation, direction_enc: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs 3"]:
         """RGB in [0, 1] from the trunk output and the encoded view direction."""
         feature = self.feature(trunk_out)
         view = self.view(feature, self.direction_quant(direction_enc))
-        return torch.sigmoid(as_float(self.rgb_head(view)))
+        return torch.sigmoid(self.rgb_head(view))

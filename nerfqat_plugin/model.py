@@ -210,15 +210,12 @@ class NeRFQATModel(Model):
         self.ray_bounds: Optional[Tuple[float, float, bool]] = None
         if not use_ndc and "near_plane" in metadata and "far_plane" in metadata:
             self.ray_bounds = (float(metadata["near_plane"]), float(metadata["far_plane"]), True)
-        elif not use_ndc and cfg.lindisp:
-            # nerfstudio's collider moves the near plane to 0 outside training, which 1/depth spacing cannot take
-            params = cfg.collider_params or {}
-            self.ray_bounds = (float(params.get("near_plane", 0.0)), float(params.get("far_plane", 0.0)), False)
         if self.ray_bounds is not None and not 0 <= self.ray_bounds[0] < self.ray_bounds[1]:
             raise ValueError(f"near/far planes {self.ray_bounds[:2]} must satisfy 0 <= near < far")
         self.use_lindisp = cfg.lindisp and not use_ndc
-        if self.use_lindisp and self.ray_bounds is not None and self.ray_bounds[0] <= 0:
-            raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {self.ray_bounds[0]}")
+        near = self._near_far()["near_plane"]  # the collider's, which keeps its near plane outside training too
+        if self.use_lindisp and (near is None or near <= 0):
+            raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {near}")
 
     def _prepare_rays(self, ray_bundle: RayBundle) -> RayBundle:
         """Warp to NDC (nears 0, fars 1) or set the dataparser's near/far; unchanged for other dataparsers."""

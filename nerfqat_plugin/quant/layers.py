@@ -131,8 +131,3 @@ def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
         if isinstance(m, QuantModule):
             m.quant_active = active
             m.observing = observe
-
-
-def as_float(x: Activation) -> Tensor:
-    """The floating-point value of an activation, quantized or not."""
-    return x.dequantize() if isinstance(x, QTensor) else x
