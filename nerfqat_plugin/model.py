@@ -26,7 +26,7 @@ from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.ndc import ndc_rays
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.int8 import Kernel, set_kernel
-from nerfqat_plugin.quant.layers import set_quant_state
+from nerfqat_plugin.quant.layers import set_fake_quant_speed, set_quant_state
 from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
 
 
@@ -65,6 +65,12 @@ class NeRFQATModelConfig(ModelConfig):
     """Without NDC: space the coarse samples evenly in inverse depth instead of depth (NDC does this by itself)."""
     quant: QuantConfig = field(default_factory=QuantConfig)
     """Quantization spec shared by training and export."""
+    quant_compile: bool = True
+    """Fuse the fake-quantization arithmetic (observers, rounding, masks, scales) with torch.compile: the same codes
+    and gradients in fewer passes over memory; compiled on first use (seconds), eager if compiling fails."""
+    quant_fast_matmul: bool = True
+    """Fake-quantized layers form the product of codes on int8 units (oneDNN, CPU) or with bf16 operands and fp32
+    results (CUDA), both exact, and the gradient products with bf16 operands (as autocast would). False: fp32."""
     int8_weights: Optional[Path] = None
     """Integer export file to render from (ns-export-int8 sets it); the MLPs then run on its integer weights."""
     int8_kernel: Kernel = "auto"
@@ -112,6 +118,7 @@ class NeRFQATModel(Model):
         self.lpips = OfflineLPIPS()
         if cfg.int8_weights is not None:
             self._load_int8(Path(cfg.int8_weights))
+        set_fake_quant_speed(self, compile=cfg.quant_compile, fast_matmul=cfg.quant_fast_matmul)
         self.update_to_step(0)
 
     def _load_int8(self, path: Path) -> None:

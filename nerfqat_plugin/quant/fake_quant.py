@@ -1,14 +1,14 @@
 """Quantization arithmetic shared by training (fake quantization) and export (integer codes).
 
 Everything here works on integer *codes*: a quantized tensor is ``codes * scale`` where ``codes`` holds
-integer values (already minus the zero point). Training keeps the codes in a float tensor so autograd can
-flow through them with a straight-through estimator; export stores the same codes as integers. Both call
+integer values (already minus the zero point). Training keeps the codes in a float tensor (``ops`` adds the
+straight-through gradients); export stores the same codes as integers. Both call
 the functions below, so the integers stored are exactly the ones the trained model saw.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,6 +23,8 @@ class QTensor(NamedTuple):
     """Integer-valued codes minus the zero point, in a float tensor (training) or an integer tensor (export)."""
     scale: Tensor
     """Step between neighbouring codes (a 0-d tensor)."""
+    zero_point: Optional[Tensor] = None
+    """Zero point the codes are relative to (0-d); lets an integer kernel take ``codes + zero_point`` as uint8."""
 
     def dequantize(self) -> Tensor:
         return self.codes * self.scale
@@ -31,26 +33,6 @@ class QTensor(NamedTuple):
 def round_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
     """``clamp(round(x / scale) + zero_point, qmin, qmax)``: the stored integer code (ties round to even)."""
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
-
-
-class _CodesSTE(torch.autograd.Function):
-    """Codes minus zero point; straight-through gradient ``1 / scale``, zero where the input was clipped."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:  # type: ignore[override]
-        unclipped = torch.round(x / scale) + zero_point
-        ctx.save_for_backward((unclipped >= qmin) & (unclipped <= qmax), scale)
-        return torch.clamp(unclipped, qmin, qmax) - zero_point
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        inside, scale = ctx.saved_tensors
-        return grad * inside / scale, None, None, None, None
-
-
-def codes_ste(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-    """Differentiable ``round_codes(...) - zero_point``; ``codes * scale`` is the fake-quantized ``x``."""
-    return _CodesSTE.apply(x, scale, zero_point, qmin, qmax)
 
 
 def round_up_to_bf16(x: Tensor) -> Tensor:
@@ -70,8 +52,8 @@ def weight_scale(weight: Tensor, qmax: int) -> Tensor:
 
 
 def weight_codes(weight: Tensor, scale: Tensor, qmax: int) -> Tensor:
-    """Integer weight codes in ``[-qmax, qmax]`` (float tensor), straight-through gradient."""
-    return codes_ste(weight, scale[:, None], torch.zeros((), device=weight.device), -qmax, qmax)
+    """Integer weight codes in ``[-qmax, qmax]`` (float tensor, no gradient)."""
+    return round_codes(weight.detach(), scale[:, None], torch.zeros((), device=weight.device), -qmax, qmax)
 
 
 def activation_qparams(min_val: Tensor, max_val: Tensor, qmax: int) -> Tuple[Tensor, Tensor]:

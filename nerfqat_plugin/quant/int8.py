@@ -23,12 +23,12 @@ the 1-wide density head are not.
 
 from __future__ import annotations
 
-import warnings
-from typing import Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from nerfqat_plugin.quant.compiled import call
 from nerfqat_plugin.quant.fake_quant import round_codes, weight_codes, weight_scale
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 
@@ -90,7 +90,7 @@ class IntActQuantizer(nn.Module):
 
     def forward(self, x: Tensor) -> IntTensor:
         unsigned = resolve_kernel(self.kernel, x.device) == "onednn"
-        values = _call(_quantize, (x, self.scale, self.zero_point, self.qmax, unsigned), self.compile)
+        values = call(_quantize, (x, self.scale, self.zero_point, self.qmax, unsigned), self.compile)
         return IntTensor(values, self.scale, self.zero_point)
 
 
@@ -135,27 +135,6 @@ def _int_linear(
     if relu and not fused:
         codes = torch.maximum(codes, out_zero_point)
     return _to_shifted(codes)
-
-
-_compiled: Dict[Callable, Callable] = {}
-_compile_failed = False
-
-
-def _call(fn: Callable, args: tuple, compile: bool):
-    """``fn(*args)``, through ``torch.compile`` if asked; falls back to eager (said once) if compiling fails."""
-    global _compile_failed
-    if not compile or _compile_failed:
-        return fn(*args)
-    if fn not in _compiled:
-        # One graph per layer signature (inputs, ReLU, fused, kernel, widths of 1): more than dynamo's default 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled[fn] = torch.compile(fn, dynamic=True)
-    try:
-        return _compiled[fn](*args)
-    except Exception as err:  # a missing C++ compiler or an unsupported backend must not stop rendering
-        _compile_failed = True
-        warnings.warn(f"torch.compile of the integer layers failed, running them eagerly (slower): {err}", stacklevel=2)
-        return fn(*args)
 
 
 class IntLinear(nn.Module):
@@ -221,7 +200,7 @@ class IntLinear(nn.Module):
                 self.fused,
                 kernel,
             )
-            y = _call(_int_linear, args, self.compile)
+            y = call(_int_linear, args, self.compile)
         y = y.reshape(*lead, y.shape[-1])
         if self.out_scale is None:
             return y
@@ -259,7 +238,7 @@ class IntLinear(nn.Module):
                 partial, self.bias, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, post_op, [None], "",
             )  # fmt: skip
             if quantized:
-                y = _call(_quantize, (y, self.out_scale, self.out_zero_point, self.qmax, True), self.compile)
+                y = call(_quantize, (y, self.out_scale, self.out_zero_point, self.qmax, True), self.compile)
         if quantized and self.qmax < 255:
             y = y.clamp_max(self.qmax)
         if quantized and self.relu and not self.fused:

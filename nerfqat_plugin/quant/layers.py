@@ -14,14 +14,15 @@ value an integer kernel computes, and the exported model can reproduce it bit fo
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.fake_quant import QTensor, activation_qparams, codes_ste, weight_codes, weight_scale
+from nerfqat_plugin.quant.fake_quant import QTensor, activation_qparams
+from nerfqat_plugin.quant.ops import linear_codes, quantize
 
 Activation = Union[Tensor, QTensor]
 
@@ -33,6 +34,10 @@ class QuantModule(nn.Module):
     """Simulate quantization (True) or compute in plain floating point (False)."""
     observing: bool = True
     """Let activation observers update their ranges in training mode."""
+    compile: bool = False
+    """Fuse the fake-quantization arithmetic with ``torch.compile`` (same result, fewer passes over memory)."""
+    fast_matmul: bool = False
+    """Exact int8/bf16 codes products and bf16 gradient products (``ops.linear_codes``'s ``fast``)."""
 
 
 class ActQuantizer(QuantModule):
@@ -51,7 +56,12 @@ class ActQuantizer(QuantModule):
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach())
+        self.observe_range(*torch.aminmax(x.detach()))
+
+    @torch.no_grad()
+    def observe_range(self, lo: Tensor, hi: Tensor) -> None:
+        """Fold one batch's range into the moving min/max."""
+        lo, hi = lo.float(), hi.float()
         # first batch: take its range; later: moving average. Branch-free, so no device-to-host sync.
         self.min_val.copy_(torch.where(self.initialized, self.min_val.lerp(lo, self.momentum), lo))
         self.max_val.copy_(torch.where(self.initialized, self.max_val.lerp(hi, self.momentum), hi))
@@ -61,13 +71,23 @@ class ActQuantizer(QuantModule):
         """``(scale, zero_point)`` from the observed range."""
         return activation_qparams(self.min_val, self.max_val, self.qmax)
 
+    @property
+    def updating(self) -> bool:
+        """Whether the next training-mode call moves the observed range."""
+        return self.training and self.observing
+
     def forward(self, x: Tensor) -> Activation:
-        if self.training and self.observing:
+        if self.updating:
             self.observe(x)
         if not self.quant_active:
             return x
+        return self.quantize(x)
+
+    def quantize(self, x: Tensor, relu_before: bool = False, relu_after: bool = False) -> QTensor:
+        """Codes of ``x`` with the current range (no observing): see ``ops.quantize`` for the ReLU options."""
         scale, zero_point = self.qparams()
-        return QTensor(codes_ste(x, scale, zero_point, 0, self.qmax), scale)
+        codes = quantize(x, scale, zero_point, self.qmax, relu_before, relu_after, self.compile)
+        return QTensor(codes, scale, zero_point)
 
 
 class QuantLinear(nn.Linear, QuantModule):
@@ -95,34 +115,51 @@ class QuantLinear(nn.Linear, QuantModule):
         self.fused = config.fused
         self.out_quant = ActQuantizer(config) if (relu or quantize_output) else None
 
-    def linear(self, inputs: Sequence[Activation]) -> Tensor:
-        """The Linear part: float output (dequantized accumulator when quantization is active)."""
+    def linear(self, inputs: Sequence[Activation], stats: Optional[str] = None):
+        """The Linear part: float output (dequantized accumulator when quantization is active).
+
+        With quantization active and ``stats`` set, returns ``(y, lo, hi)``: see ``ops.linear_codes``.
+        """
         if not self.quant_active:
             x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)  # type: ignore[arg-type]
             return F.linear(x, self.weight, self.bias)
-        w_scale = weight_scale(self.weight, self.weight_qmax)
-        w_codes = weight_codes(self.weight, w_scale, self.weight_qmax)
-        out = None
-        for x, w in zip(inputs, w_codes.split(self.in_splits, dim=1), strict=True):
+        for x in inputs:
             if not isinstance(x, QTensor):
                 raise TypeError(f"{type(self).__name__}: quantized input expected, got {type(x).__name__}")
-            part = (x.codes @ w.T) * (x.scale * w_scale)
-            out = part if out is None else out + part
-        return out + self.bias  # type: ignore[operator]
+        batch = inputs[0].codes.shape[:-1]
+        codes = [x.codes.reshape(-1, x.codes.shape[-1]) for x in inputs]  # type: ignore[union-attr]
+        scales = [x.scale for x in inputs]  # type: ignore[union-attr]
+        zero_points = [x.zero_point for x in inputs]  # type: ignore[union-attr]
+        y, lo, hi = linear_codes(
+            codes, scales, zero_points, self.weight, self.bias, self.weight_qmax, stats, self.compile, self.fast_matmul
+        )
+        y = y.reshape(*batch, y.shape[-1])
+        return y if stats is None else (y, lo, hi)
 
     def forward(self, *inputs: Activation) -> Activation:
         if len(inputs) != len(self.in_splits):
             raise ValueError(f"{type(self).__name__} expects {len(self.in_splits)} inputs, got {len(inputs)}")
-        y = self.linear(inputs)
-        if self.out_quant is None:
-            return y
-        if self.relu and self.fused:
-            return self.out_quant(torch.relu(y))
-        q = self.out_quant(y)
-        if not self.relu:
-            return q
-        # Unfused: ReLU after quantization. On the grid, ReLU clamps the codes at zero (the zero point).
-        return QTensor(torch.relu(q.codes), q.scale) if isinstance(q, QTensor) else torch.relu(q)
+        relu_before = self.relu and self.fused
+        relu_after = self.relu and not self.fused
+        quant = self.out_quant
+        if not self.quant_active:
+            y = self.linear(inputs)
+            if quant is None:
+                return y
+            if relu_before:
+                return quant(torch.relu(y))
+            q = quant(y)
+            return torch.relu(q) if relu_after else q  # type: ignore[arg-type]
+        if quant is None:
+            return self.linear(inputs)
+        if quant.updating:
+            # The observer sees the value it quantizes (the ReLU output when fused), read in the Linear's pass.
+            y, lo, hi = self.linear(inputs, stats="relu" if relu_before else "plain")
+            quant.observe_range(lo, hi)
+        else:
+            y = self.linear(inputs)
+        # Unfused: ReLU after quantization; on the grid it clamps the codes at zero (the zero point).
+        return quant.quantize(y, relu_before, relu_after)
 
 
 def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
@@ -131,3 +168,11 @@ def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
         if isinstance(m, QuantModule):
             m.quant_active = active
             m.observing = observe
+
+
+def set_fake_quant_speed(module: nn.Module, compile: bool, fast_matmul: bool) -> None:
+    """How every quantized layer inside ``module`` computes: see ``QuantModule.compile`` and ``.fast_matmul``."""
+    for m in module.modules():
+        if isinstance(m, QuantModule):
+            m.compile = compile
+            m.fast_matmul = fast_matmul

@@ -4,12 +4,12 @@ import torch
 
 from nerfqat_plugin.quant.fake_quant import (
     activation_qparams,
-    codes_ste,
     round_codes,
     round_up_to_bf16,
     weight_codes,
     weight_scale,
 )
+from nerfqat_plugin.quant.ops import quantize
 
 
 def test_activation_qparams_signed_range_8bit():
@@ -80,7 +80,7 @@ def test_round_up_to_bf16_hand_values():
 def test_ste_gradient_is_one_over_scale_inside_and_zero_when_clipped():
     scale, zp = torch.tensor(0.5), torch.tensor(2.0)  # 2-bit codes 0..3 cover [-1, 0.5]
     x = torch.tensor([-3.0, -0.6, 0.0, 0.4, 2.0], requires_grad=True)
-    codes = codes_ste(x, scale, zp, 0, 3)
+    codes = quantize(x, scale, zp, 3)
     assert codes.tolist() == [-2.0, -1.0, 0.0, 1.0, 1.0]
     codes.sum().backward()
     assert x.grad.tolist() == [0.0, 2.0, 2.0, 2.0, 0.0]
@@ -89,5 +89,5 @@ def test_ste_gradient_is_one_over_scale_inside_and_zero_when_clipped():
 def test_fake_quantized_value_is_codes_times_scale():
     scale, zp = activation_qparams(torch.tensor(-1.0), torch.tensor(3.0), 255)
     x = torch.linspace(-1, 3, 101)
-    fq = codes_ste(x, scale, zp, 0, 255) * scale
+    fq = quantize(x, scale, zp, 255) * scale
     assert (fq - x).abs().max() <= scale / 2 + 1e-6

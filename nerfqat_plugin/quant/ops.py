@@ -1,0 +1,195 @@
+"""The two autograd nodes of fake-quantized training, written for few passes over memory.
+
+- ``quantize``: float -> integer codes (divide, round, add the zero point, clamp, optionally a ReLU before or
+  after), saving one boolean mask for the straight-through gradient ``mask / scale``.
+- ``linear_codes``: ``sum_i (codes_i @ w_codes_i.T) * (s_i * s_w) + b`` from activation codes, the weight codes
+  formed inside (never clipped: the scale covers the largest weight). Its backward folds the scales into the
+  small weight matrix, so the large tensors see only the matmuls and one bias reduction.
+
+Each node runs its elementwise arithmetic as one plain function that ``torch.compile`` fuses into a single loop
+(``compile=False`` runs the same function eagerly). The arithmetic is the one ``round_codes`` defines, so the
+codes are the ones export stores and the integer kernels reproduce.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from nerfqat_plugin.quant.compiled import call
+from nerfqat_plugin.quant.fake_quant import weight_codes, weight_scale
+
+
+def _codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu_before: bool, relu_after: bool):
+    """``(codes, q)``: ``q`` is the unclipped code (with zero point); ``codes`` the clipped code minus zero point."""
+    v = torch.relu(x) if relu_before else x
+    q = torch.round(v / scale) + zero_point
+    codes = torch.clamp(q, 0, qmax) - zero_point
+    return (torch.relu(codes) if relu_after else codes), q
+
+
+def _codes_forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu_before: bool, relu_after: bool):
+    return _codes(x, scale, zero_point, qmax, relu_before, relu_after)[0]
+
+
+def _codes_backward(
+    grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu_before: bool, relu_after: bool
+) -> Tensor:
+    # The mask is recomputed from the input: storing a boolean mask in the forward costs more than this.
+    codes, q = _codes(x, scale, zero_point, qmax, relu_before, relu_after)
+    inside = (q >= 0) & (q <= qmax)
+    if relu_before:
+        inside = inside & (x > 0)
+    if relu_after:
+        inside = inside & (codes > 0)
+    return torch.where(inside, grad / scale, 0.0)
+
+
+class _Quantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmax, relu_before, relu_after, compile):  # type: ignore[override]
+        args = (scale, zero_point, qmax, relu_before, relu_after)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x, scale, zero_point)
+            ctx.args, ctx.compile = args[2:], compile
+        return call(_codes_forward, (x, *args), compile)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale, zero_point = ctx.saved_tensors
+        grad_x = call(_codes_backward, (grad, x, scale, zero_point, *ctx.args), ctx.compile)
+        return grad_x, None, None, None, None, None, None
+
+
+def quantize(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    qmax: int,
+    relu_before: bool = False,
+    relu_after: bool = False,
+    compile: bool = False,
+) -> Tensor:
+    """Codes minus zero point of ``x`` (``relu_before``: of ``relu(x)``; ``relu_after``: codes clamped at zero).
+
+    Straight-through gradient: ``1 / scale`` where the code was not clipped (and the ReLU passed), else zero.
+    """
+    return _Quantize.apply(x, scale, zero_point, qmax, relu_before, relu_after, compile)
+
+
+def _affine(
+    accs: Sequence[Tensor], scales: Sequence[Tensor], w_scale: Tensor, bias: Tensor, stats: Optional[str]
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``y = sum_i acc_i * (s_i * w_scale) + bias``, and min/max of ``y`` (or of ``relu(y)``) for an observer."""
+    out = None
+    for acc, s in zip(accs, scales, strict=True):
+        part = acc * (s * w_scale)
+        out = part if out is None else out + part
+    y = out + bias  # type: ignore[operator]
+    if stats is None:
+        return y, None, None
+    lo, hi = torch.aminmax(torch.relu(y) if stats == "relu" else y)
+    return y, lo, hi
+
+
+def _mm_fp32_out(a: Tensor, b: Tensor) -> Optional[Tensor]:
+    """``a @ b`` with bf16 operands, accumulated and returned in fp32, where PyTorch has it (CUDA), else None."""
+    if a.device.type != "cuda":
+        return None
+    try:
+        return torch.mm(a.to(torch.bfloat16), b.to(torch.bfloat16), out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return None
+
+
+def _onednn_available() -> bool:
+    return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
+
+
+def _codes_product(codes: Tensor, zero_point: Optional[Tensor], w_codes: Tensor, fast: bool) -> Tensor:
+    """``codes @ w_codes.T``, exact in fp32 (integer sums below 2**24) on every path.
+
+    ``fast``: on CPU, oneDNN's int8 Linear on ``codes + zero_point`` (uint8) and the weight codes (int8), unit
+    scales, so it returns the integer accumulator itself; on CUDA, bf16 operands (which hold 8-bit codes exactly)
+    with an fp32 result. Elsewhere, or without a zero point, an fp32 matmul.
+    """
+    if fast and codes.device.type == "cpu" and zero_point is not None and _onednn_available():
+        ops, out = torch.ops.onednn, w_codes.shape[0]
+        packed = ops.qlinear_prepack(w_codes.to(torch.int8), None)
+        return ops.qlinear_pointwise(
+            (codes + zero_point).to(torch.uint8), 1.0, int(zero_point), packed, torch.ones(out),
+            torch.zeros(out, dtype=torch.long), None, 1.0, 0, torch.float32, "none", [None], "",
+        )  # fmt: skip
+    if fast:
+        product = _mm_fp32_out(codes, w_codes.T)
+        if product is not None:
+            return product
+    return codes @ w_codes.T
+
+
+def _grad_product(a: Tensor, b: Tensor, fast: bool) -> Tensor:
+    """``a @ b`` for gradients: fp32, or (``fast``) bf16 operands as under autocast."""
+    if not fast:
+        return a @ b
+    product = _mm_fp32_out(a, b)
+    return product if product is not None else (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
+
+
+class _LinearCodes(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, bias, qmax, splits, stats, compile, fast, scales, zero_points, *codes):  # type: ignore[override]
+        w_scale = weight_scale(weight, qmax)
+        w_parts = weight_codes(weight, w_scale, qmax).split(splits, dim=1)
+        accs = [_codes_product(c, z, w, fast) for c, z, w in zip(codes, zero_points, w_parts, strict=True)]
+        y, lo, hi = call(_affine, (accs, scales, w_scale, bias, stats), compile)
+        ctx.save_for_backward(w_scale, *w_parts, *scales, *codes)
+        ctx.num_inputs = len(codes)
+        ctx.fast = fast
+        if lo is None:
+            return y, torch.zeros(()), torch.zeros(())
+        ctx.mark_non_differentiable(lo, hi)
+        return y, lo, hi
+
+    @staticmethod
+    def backward(ctx, grad, _lo, _hi):  # type: ignore[override]
+        n = ctx.num_inputs
+        w_scale, *rest = ctx.saved_tensors
+        w_parts, scales, codes = rest[:n], rest[n : 2 * n], rest[2 * n :]
+        grad_weight = grad_bias = None
+        grad_codes = [None] * n
+        fast = ctx.fast
+        if ctx.needs_input_grad[0]:
+            grad_weight = torch.cat([_grad_product(grad.T, c, fast) * s for c, s in zip(codes, scales, strict=True)], 1)
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.sum(0)
+        for i in range(n):
+            if ctx.needs_input_grad[9 + i]:
+                grad_codes[i] = _grad_product(grad, w_parts[i] * (w_scale[:, None] * scales[i]), fast)
+        return grad_weight, grad_bias, None, None, None, None, None, None, None, *grad_codes
+
+
+def linear_codes(
+    codes: Sequence[Tensor],
+    scales: Sequence[Tensor],
+    zero_points: Sequence[Optional[Tensor]],
+    weight: Tensor,
+    bias: Tensor,
+    weight_qmax: int,
+    stats: Optional[str] = None,
+    compile: bool = False,
+    fast: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The fake-quantized Linear on 2-D activation codes: ``(y, lo, hi)``.
+
+    ``stats`` ("plain" or "relu") asks for the min/max of ``y`` (or ``relu(y)``) for the output's observer, read
+    in the same pass that forms ``y``; with ``None`` the two are zeros. Gradients reach the weight (straight
+    through its codes), the bias and every input's codes; the scales are constants. ``fast`` forms the codes
+    product with int8 or bf16 arithmetic, still exact (see ``_codes_product``), and the gradient products with bf16
+    operands, as autocast would.
+    """
+    splits = tuple(c.shape[-1] for c in codes)
+    return _LinearCodes.apply(
+        weight, bias, weight_qmax, splits, stats, compile, fast, tuple(scales), tuple(zero_points), *codes
+    )
