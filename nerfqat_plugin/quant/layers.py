@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.fake_quant import QTensor, activation_qparams
-from nerfqat_plugin.quant.ops import linear_codes, quantize
+from nerfqat_plugin.quant.ops import OutputQuant, quant_linear, quantize
 
 Activation = Union[Tensor, QTensor]
 
@@ -37,7 +37,7 @@ class QuantModule(nn.Module):
     compile: bool = False
     """Fuse the fake-quantization arithmetic with ``torch.compile`` (same result, fewer passes over memory)."""
     fast_matmul: bool = False
-    """Exact int8/bf16 codes products and bf16 gradient products (``ops.linear_codes``'s ``fast``)."""
+    """Codes as bf16, exact int8/bf16 codes products, bf16 gradient products (``fast`` in ``ops``)."""
 
 
 class ActQuantizer(QuantModule):
@@ -83,10 +83,10 @@ class ActQuantizer(QuantModule):
             return x
         return self.quantize(x)
 
-    def quantize(self, x: Tensor, relu_before: bool = False, relu_after: bool = False) -> QTensor:
-        """Codes of ``x`` with the current range (no observing): see ``ops.quantize`` for the ReLU options."""
+    def quantize(self, x: Tensor) -> QTensor:
+        """Codes of ``x`` with the current range (no observing)."""
         scale, zero_point = self.qparams()
-        codes = quantize(x, scale, zero_point, self.qmax, relu_before, relu_after, self.compile)
+        codes = quantize(x, scale, zero_point, self.qmax, compile=self.compile, fast=self.fast_matmul)
         return QTensor(codes, scale, zero_point)
 
 
@@ -115,26 +115,33 @@ class QuantLinear(nn.Linear, QuantModule):
         self.fused = config.fused
         self.out_quant = ActQuantizer(config) if (relu or quantize_output) else None
 
-    def linear(self, inputs: Sequence[Activation], stats: Optional[str] = None):
-        """The Linear part: float output (dequantized accumulator when quantization is active).
-
-        With quantization active and ``stats`` set, returns ``(y, lo, hi)``: see ``ops.linear_codes``.
-        """
+    def linear(self, inputs: Sequence[Activation]) -> Tensor:
+        """The Linear part alone: float output (dequantized accumulator when quantization is active)."""
         if not self.quant_active:
             x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)  # type: ignore[arg-type]
             return F.linear(x, self.weight, self.bias)
+        return self._quant_linear(inputs, None)
+
+    def _quant_linear(self, inputs: Sequence[Activation], out: Optional[OutputQuant]):
         for x in inputs:
             if not isinstance(x, QTensor):
                 raise TypeError(f"{type(self).__name__}: quantized input expected, got {type(x).__name__}")
-        batch = inputs[0].codes.shape[:-1]
-        codes = [x.codes.reshape(-1, x.codes.shape[-1]) for x in inputs]  # type: ignore[union-attr]
-        scales = [x.scale for x in inputs]  # type: ignore[union-attr]
-        zero_points = [x.zero_point for x in inputs]  # type: ignore[union-attr]
-        y, lo, hi = linear_codes(
-            codes, scales, zero_points, self.weight, self.bias, self.weight_qmax, stats, self.compile, self.fast_matmul
+        batch = inputs[0].codes.shape[:-1]  # type: ignore[union-attr]
+        result = quant_linear(
+            [x.codes.reshape(-1, x.codes.shape[-1]) for x in inputs],  # type: ignore[union-attr]
+            [x.scale for x in inputs],  # type: ignore[union-attr]
+            [x.zero_point for x in inputs],  # type: ignore[union-attr]
+            self.weight,
+            self.bias,
+            self.weight_qmax,
+            out,
+            self.compile,
+            self.fast_matmul,
         )
-        y = y.reshape(*batch, y.shape[-1])
-        return y if stats is None else (y, lo, hi)
+        if out is None:
+            return result.reshape(*batch, result.shape[-1])
+        codes, scale, zero_point = result
+        return QTensor(codes.reshape(*batch, codes.shape[-1]), scale, zero_point)
 
     def forward(self, *inputs: Activation) -> Activation:
         if len(inputs) != len(self.in_splits):
@@ -152,14 +159,9 @@ class QuantLinear(nn.Linear, QuantModule):
             return torch.relu(q) if relu_after else q  # type: ignore[arg-type]
         if quant is None:
             return self.linear(inputs)
-        if quant.updating:
-            # The observer sees the value it quantizes (the ReLU output when fused), read in the Linear's pass.
-            y, lo, hi = self.linear(inputs, stats="relu" if relu_before else "plain")
-            quant.observe_range(lo, hi)
-        else:
-            y = self.linear(inputs)
+        # One node: Linear, observer update (the value it quantizes: the ReLU output when fused), rounding.
         # Unfused: ReLU after quantization; on the grid it clamps the codes at zero (the zero point).
-        return quant.quantize(y, relu_before, relu_after)
+        return self._quant_linear(inputs, OutputQuant(quant, quant.updating, relu_before, relu_after))
 
 
 def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
