@@ -52,7 +52,7 @@ PRESETS: Dict[str, Preset] = {
     # 2-core CPU: narrow nerf-qat MLP; vanilla-nerf keeps its fixed 8x256 MLP (nerfstudio has no width flag)
     "cpu": Preset(16, 1200, 256, 32, 32, 4, 128, 2, 64),
     # one H100/H200: the original architecture and sampling
-    "gpu": Preset(8, 2000, 1024, 64, 128, 8, 256, 4, 128),
+    "gpu": Preset(8, 1000, 1024, 64, 128, 8, 256, 4, 128),
 }
 
 VARIANTS: Dict[str, List[str]] = {
