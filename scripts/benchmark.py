@@ -35,6 +35,11 @@ FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
 BIN = Path(sys.executable).parent
 
 
+def tool(name: str) -> str:
+    """A console script of this environment (beside the interpreter, else on PATH)."""
+    return str(BIN / name) if (BIN / name).exists() else (shutil.which(name) or name)
+
+
 @dataclass(frozen=True)
 class Preset:
     downscale_factor: int
@@ -114,9 +119,9 @@ class Benchmark:
             except RuntimeError as err:
                 print(f"  {name} failed: {err}", flush=True)
                 rows.append({"variant": name, "error": str(err)})
-            self._write(out, rows, preset, steps, device, time.time() - start)  # partial results survive a stop
-        self._figures(out, rows, work)
-        self._write(out, rows, preset, steps, device, time.time() - start)
+            # after every variant, so a stopped run keeps what it measured
+            self._figures(out, rows)
+            self._write(out, rows, preset, steps, device, time.time() - start)
         print((out.with_suffix(".md")).read_text())
 
     # --- one variant ----------------------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ class Benchmark:
             extra = ["--pipeline.model.collider-params", "near_plane", str(near), "far_plane", str(far)]
             ndc = "False"  # vanilla-nerf has no NDC: it samples the scene's near..far range in world space
         else:
-            method = [str(BIN / "ns-train"), "nerf-qat"]
+            method = [tool("ns-train"), "nerf-qat"]
             extra = [
                 "--pipeline.model.num-layers", str(p.num_layers), "--pipeline.model.layer-width", str(p.layer_width),
                 "--pipeline.model.skip-layer", str(p.skip_layer), "--pipeline.model.view-width", str(p.view_width),
@@ -165,13 +170,13 @@ class Benchmark:
             "train_samples_per_s": rays_per_s * samples_per_ray if rays_per_s else None,
             "run": str(config),
         }
-        evaluator = [sys.executable, "-m", "nerfqat_plugin.offline", "ns-eval"] if vanilla else [str(BIN / "ns-eval")]
+        evaluator = [sys.executable, "-m", "nerfqat_plugin.offline", "ns-eval"] if vanilla else [tool("ns-eval")]
         row["trained"] = evaluate(evaluator, config, folder / "eval_trained.json", folder / "eval_trained.log")
         row["fp32_weight_bytes"] = mlp_fp32_bytes(run_dir)
         row["checkpoint_file_bytes"] = sum(f.stat().st_size for f in (run_dir / "nerfstudio_models").glob("*.ckpt"))
         if name.startswith("qat"):
             export = folder / "int8"
-            run([str(BIN / "ns-export-int8"), "--load-config", str(config), "--output-dir", str(export)],
+            run([tool("ns-export-int8"), "--load-config", str(config), "--output-dir", str(export)],
                 folder / "export.log")  # fmt: skip
             row["export_file_bytes"] = (export / "model.safetensors").stat().st_size
             row["export"] = str(export / "config.yml")
@@ -194,14 +199,17 @@ class Benchmark:
         out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(report(result, out))
 
-    def _figures(self, out: Path, rows, work: Path) -> None:
+    _view_done = False
+
+    def _figures(self, out: Path, rows) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         ok = {r["variant"]: r for r in rows if "error" not in r}
-        if "fp32" in ok and "qat-w8a8-fused" in ok:
+        if "fp32" in ok and "qat-w8a8-fused" in ok and not self._view_done:
+            self._view_done = True
             try:
                 gt, fp32 = render_test_view(Path(ok["fp32"]["run"]))
                 _, int8 = render_test_view(Path(ok["qat-w8a8-fused"]["export"]))
