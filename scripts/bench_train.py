@@ -156,6 +156,7 @@ class BenchTrain:
 
         def qat(device: str, **model):
             config = self._common(nerf_qat.config, device, rays, ndc=True)
+            config.pipeline.model.quant.quant_start_step = 0  # time fake-quantized steps from the first one
             for key, value in model.items():
                 if key == "enabled":
                     config.pipeline.model.quant.enabled = value
@@ -228,7 +229,10 @@ class BenchTrain:
         """Held-out PSNR after a short fixed run, fast matmuls on and off (same seed, narrow model)."""
         from nerfqat_plugin.registration import nerf_qat
 
-        result: Dict[str, object] = {"steps": self.quality_steps, "model": "4x128, 32+32 samples, 512 rays"}
+        result: Dict[str, object] = {
+            "steps": self.quality_steps,
+            "model": f"4x128, 32+32 samples, 512 rays, QAT from step {self.quality_steps // 3}",
+        }
         for fast in (False, True):
             print(f"[quality] {self.quality_steps} steps, fast matmuls {fast}", flush=True)
             config = self._common(nerf_qat.config, device, 512, ndc=True)
@@ -236,6 +240,7 @@ class BenchTrain:
             model.num_layers, model.layer_width, model.skip_layer, model.view_width = 4, 128, 2, 64
             model.num_coarse_samples = model.num_importance_samples = 32
             model.quant_fast_matmul = fast
+            model.quant.quant_start_step = self.quality_steps // 3  # fp32 warm-up, then fake quantization
             config.optimizers["fields"]["scheduler"].max_steps = self.quality_steps
             torch.manual_seed(0)
             trainer = config.setup(local_rank=0, world_size=1)

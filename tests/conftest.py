@@ -22,6 +22,7 @@ TINY_MODEL = [
     "--pipeline.model.num-importance-samples", "8",
     "--pipeline.datamanager.train-num-rays-per-batch", "64",
     "--pipeline.datamanager.eval-num-rays-per-batch", "64",
+    "--pipeline.model.quant.quant-start-step", "10",
 ]  # fmt: skip
 """Model and batch flags that make a nerf-qat run take seconds on a CPU."""
 
