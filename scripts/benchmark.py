@@ -96,8 +96,17 @@ class Benchmark:
     """Output prefix for .json/.md/.png; default benchmarks/fern_<preset>."""
     seed: int = 42
     """Seed of every run (nerfstudio's machine.seed)."""
+    report_only: bool = False
+    """Rebuild <output>.md and the figures from an existing <output>.json and its runs (no training)."""
 
     def main(self) -> None:
+        if self.report_only:
+            out = (self.output or REPO / "benchmarks" / f"fern_{self.preset}").resolve()
+            result = json.loads(out.with_suffix(".json").read_text())
+            self._figures(out, result["rows"])
+            out.with_suffix(".md").write_text(report(result, out))
+            print(out.with_suffix(".md").read_text())
+            return
         preset = PRESETS[self.preset]
         steps = self.steps or preset.steps
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,21 +237,25 @@ class Benchmark:
                 plt.close(fig)
             except Exception as err:  # a figure must not lose the measured numbers
                 print(f"test-view figure failed: {err}", flush=True)
-        points = []
+        points = []  # (MB, PSNR, label): int8 files of the QAT runs, fp32 weights of the fp32 baselines
         for r in ok.values():
             if "int8" in r:
                 points.append((r["export_file_bytes"] / 1e6, r["int8"]["psnr"], f"{r['variant']} (int8 file)"))
-            points.append((r["fp32_weight_bytes"] / 1e6, r["trained"]["psnr"], f"{r['variant']} (fp32 weights)"))
+            elif not r["variant"].startswith("qat"):
+                points.append((r["fp32_weight_bytes"] / 1e6, r["trained"]["psnr"], f"{r['variant']} (fp32 weights)"))
         if points:
             fig, ax = plt.subplots(figsize=(7, 4.5))
-            for size, psnr, label in points:
-                ax.scatter(size, psnr)
-                ax.annotate(label, (size, psnr), fontsize=7, xytext=(4, 2), textcoords="offset points")
+            markers = "osD^vP*X"
+            for i, (size, psnr, label) in enumerate(points):
+                ax.scatter(
+                    size, psnr, marker=markers[i % len(markers)], s=50, label=f"{label}: {size:.3f} MB, {psnr:.2f} dB"
+                )
             ax.set_xscale("log")
             ax.set_xlabel("MLP weights (MB, log scale)")
             ax.set_ylabel("held-out PSNR (dB)")
             ax.set_title(f"fern, {self.preset} preset: size vs quality")
             ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
             fig.tight_layout()
             fig.savefig(out.parent / f"{out.name}_size_psnr.png", dpi=80)
             plt.close(fig)
@@ -356,7 +369,7 @@ def report(result: Dict[str, object], out: Path) -> str:
         if name in rows:
             r = rows[name]
             lines.append(
-                f"| {name} (ours) | {r['trained']['psnr']:.2f} | {r['int8']['psnr']:.2f} | "
+                f"| {name} (ours) | {r['trained']['psnr']:.3f} | {r['int8']['psnr']:.3f} | "
                 f"{r['int8_minus_trained_psnr_db']:+.4f} |"
             )
     for label, psnr in PAPER_TABLE1:
@@ -372,14 +385,14 @@ def report(result: Dict[str, object], out: Path) -> str:
         t = r["trained"]
         label = f"{name} (ours{', fake-quant' if name.startswith('qat') else ''})"
         lines.append(
-            f"| {label} | {t['psnr']:.2f} | {t['ssim']:.3f} | {_fmt(t['lpips'], '.3f', 'unavailable')} | "
+            f"| {label} | {t['psnr']:.3f} | {t['ssim']:.3f} | {_fmt(t['lpips'], '.3f', 'unavailable')} | "
             f"{r['fp32_weight_bytes']:,} (fp32) | {_fmt(r['train_samples_per_s'], ',.0f')} | "
             f"{_fmt(t['eval_rays_per_s'], ',.0f')} |"
         )
         if "int8" in r:
             q = r["int8"]
             lines.append(
-                f"| {name} (ours, int8 export) | {q['psnr']:.2f} | {q['ssim']:.3f} | "
+                f"| {name} (ours, int8 export) | {q['psnr']:.3f} | {q['ssim']:.3f} | "
                 f"{_fmt(q['lpips'], '.3f', 'unavailable')} | {r['export_file_bytes']:,} (file) | | "
                 f"{_fmt(q['eval_rays_per_s'], ',.0f')} |"
             )
@@ -389,8 +402,19 @@ def report(result: Dict[str, object], out: Path) -> str:
     for r in failed:
         lines += ["", f"**{r['variant']} failed**: {r['error'].splitlines()[0]}"]
     if "fp32" in rows and "qat-w8a8-fused" in rows:
-        d = rows["qat-w8a8-fused"]["trained"]["psnr"] - rows["fp32"]["trained"]["psnr"]
-        lines += ["", f"QAT w8a8 fused minus fp32: {d:+.2f} dB (trained runs)."]
+        lines.append("")
+        for name in ("qat-w8a8-fused", "qat-w8a8-unfused", "qat-w4a8-fused"):
+            if name in rows:
+                d = rows[name]["trained"]["psnr"] - rows["fp32"]["trained"]["psnr"]
+                lines.append(f"{name} minus fp32: {d:+.4f} dB (trained runs, same seed and steps).  ")
+        loss = rows["fp32"]["trained"]["psnr"] - rows["qat-w8a8-fused"]["trained"]["psnr"]
+        gaps = [abs(r["int8_minus_trained_psnr_db"]) for r in rows.values() if "int8_minus_trained_psnr_db" in r]
+        lines.append(
+            f"Checks: QAT w8a8 fused loses {loss:.4f} dB against fp32 "
+            f"(limit 0.1: {'ok' if loss <= 0.1 else 'NOT MET'}); "
+            f"largest |int8 export - fake-quantized| {max(gaps):.5f} dB (limit 0.02: "
+            f"{'ok' if max(gaps) <= 0.02 else 'NOT MET'})."
+        )
     lines += [
         "",
         "LPIPS is 'unavailable' where torchvision's AlexNet weights are not in the torch hub cache (no download).",
