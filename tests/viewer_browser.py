@@ -214,9 +214,12 @@ class ViewerPage:
         return np.array([float(v) for v in re.findall(r"[\d.]+", css)[:3]])
 
     def resolution(self) -> Optional[Tuple[int, int]]:
-        """(width, height) of the last frame, from the viewer's "Resolution: WxHpx" line."""
+        """(width, height) of the last frame, from the viewer's "Resolution: WxHpx" line; None before a frame
+        (no line yet, or the 0x0 the viewer can show while it sizes its first frame)."""
         match = re.search(r"Resolution:\s*(\d+)\D(\d+)px", self._text())
-        return (int(match.group(1)), int(match.group(2))) if match else None
+        if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+            return None
+        return int(match.group(1)), int(match.group(2))
 
     def frame(self) -> Frame:
         """A screenshot and the frame resolution, read before and after it until both reads agree."""
