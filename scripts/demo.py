@@ -1,6 +1,6 @@
 """The demo: make a scene, train nerf-qat on it, export int8, evaluate both, render a view, print a summary.
 
-    python scripts/demo.py                 # CPU settings (about 10 minutes on 2 cores), GPU settings on CUDA
+    python scripts/demo.py                 # CPU settings (about 5 minutes on 2 cores), GPU settings on CUDA
 
 Everything goes under --workdir (default demo/): the scene, the run, the export, eval JSONs and renders.
 """
@@ -34,7 +34,7 @@ CPU_SETTINGS = [
     "--pipeline.datamanager.train-num-rays-per-batch", "512",
     "--optimizers.fields.scheduler.max-steps", "1100",
 ]  # fmt: skip
-"""Small network and batches: the CPU demo finishes in about 10 minutes on 2 cores."""
+"""Small network and batches: the CPU demo finishes in about 5 minutes on 2 cores."""
 GPU_SETTINGS = ["--max-num-iterations", "20000", "--optimizers.fields.scheduler.max-steps", "20000"]
 """The full original architecture (8x256, 64+128 samples, 1024 rays)."""
 
