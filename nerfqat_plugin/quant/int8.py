@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from nerfqat_plugin.quant.compiled import call
 from nerfqat_plugin.quant.fake_quant import round_codes, weight_codes, weight_scale
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
+from nerfqat_plugin.quant.ops import affine, onednn_available
 
 Kernel = Literal["auto", "onednn", "int", "float"]
 _SHIFT = 128
@@ -59,11 +60,6 @@ class IntTensor(NamedTuple):
 
 def _to_shifted(codes: Tensor) -> Tensor:
     return (codes - _SHIFT).to(torch.int8)
-
-
-def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN's int8 Linear."""
-    return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
 def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
@@ -117,16 +113,14 @@ def _int_linear(
 
     ``weights[i]`` is the ``[in_i, out]`` int8 slice of the weight codes for input ``i``.
     """
-    out = None
-    for (a, scale, zero_point), w, rows in zip(inputs, weights, row_sums, strict=True):
+    accs = []
+    for (a, _, zero_point), w, rows in zip(inputs, weights, row_sums, strict=True):
         if kernel == "int":
             acc = torch._int_mm(a, w) + (_SHIFT - zero_point).to(torch.int32) * rows
-            acc = acc.float()
+            accs.append(acc.float())
         else:
-            acc = (a.float() + (_SHIFT - zero_point)) @ w.float()
-        part = acc * (scale * weight_scale)
-        out = part if out is None else out + part
-    y = out + bias  # type: ignore[operator]
+            accs.append((a.float() + (_SHIFT - zero_point)) @ w.float())
+    y, _, _ = affine(accs, [scale for _, scale, _ in inputs], weight_scale, bias)
     if out_scale is None or out_zero_point is None:
         return y
     if relu and fused:

@@ -100,10 +100,13 @@ def quantize(
     return _Quantize.apply(x, scale, zero_point, qmax, relu_before, relu_after, compile, fast)
 
 
-def _affine(
-    accs: Sequence[Tensor], scales: Sequence[Tensor], w_scale: Tensor, bias: Tensor, stats: Optional[str]
+def affine(
+    accs: Sequence[Tensor], scales: Sequence[Tensor], w_scale: Tensor, bias: Tensor, stats: Optional[str] = None
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """``y = sum_i acc_i * (s_i * w_scale) + bias``, and min/max of ``y`` (or of ``relu(y)``) for an observer."""
+    """``y = sum_i acc_i * (s_i * w_scale) + bias``, and min/max of ``y`` (or of ``relu(y)``) for an observer.
+
+    The one scaling of integer accumulators: training and the integer kernels both call it, so they round alike.
+    """
     out = None
     for acc, s in zip(accs, scales, strict=True):
         part = acc * (s * w_scale)
@@ -125,7 +128,8 @@ def _mm_fp32_out(a: Tensor, b: Tensor) -> Optional[Tensor]:
         return None
 
 
-def _onednn_available() -> bool:
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's int8 Linear."""
     return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
@@ -140,7 +144,7 @@ def _codes_product(codes: Tensor, zero_point: Optional[Tensor], w_codes: Tensor,
     scales, so it returns the integer accumulator itself; on CUDA, bf16 operands (which hold 8-bit codes exactly)
     with an fp32 result. Elsewhere, or without a zero point, an fp32 matmul.
     """
-    if fast and codes.device.type == "cpu" and zero_point is not None and _onednn_available():
+    if fast and codes.device.type == "cpu" and zero_point is not None and onednn_available():
         ops, out = torch.ops.onednn, w_codes.shape[0]
         packed = ops.qlinear_prepack(w_codes.to(torch.int8), None)
         return ops.qlinear_pointwise(
@@ -182,7 +186,7 @@ class _QuantLinear(torch.autograd.Function):
         w_parts = weight_codes(weight, w_scale, qmax).split([c.shape[-1] for c in codes], dim=1)
         accs = [_codes_product(c, z, w, fast, compile) for c, z, w in zip(codes, zero_points, w_parts, strict=True)]
         stats = None if out_q is None or not out_q.observe else ("relu" if out_q.relu_before else "plain")
-        y, lo, hi = call(_affine, (accs, scales, w_scale, bias, stats), compile)
+        y, lo, hi = call(affine, (accs, scales, w_scale, bias, stats), compile)
         ctx.num_inputs, ctx.fast, ctx.compile, ctx.out_args = len(codes), fast, compile, None
         if out_q is None:
             ctx.save_for_backward(w_scale, *w_parts, *scales, *codes)
