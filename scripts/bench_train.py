@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -59,8 +59,6 @@ class BenchTrain:
     """Steps of each run of the quality check (0 skips it)."""
     output: Optional[Path] = None
     """Output prefix (.json and .md are written); default benchmarks/train_<device>."""
-    variants: List[str] = field(default_factory=list)
-    """Filled with the measured variant names (not a flag to set)."""
 
     def main(self) -> None:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,8 +179,6 @@ class BenchTrain:
         ]
 
     def _time_trainer(self, config) -> List[float]:
-        from nerfstudio.engine.callbacks import TrainingCallbackLocation
-
         torch.manual_seed(0)
         trainer = config.setup(local_rank=0, world_size=1)
         trainer.setup()
@@ -190,9 +186,7 @@ class BenchTrain:
         for step in range(self.warmup + self.steps):
             sync(trainer.device)
             start = time.perf_counter()
-            for callback in trainer.callbacks:
-                callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-            trainer.train_iteration(step)
+            train_step(trainer, step)
             sync(trainer.device)
             if step >= self.warmup:
                 times.append(time.perf_counter() - start)
@@ -245,13 +239,9 @@ class BenchTrain:
             torch.manual_seed(0)
             trainer = config.setup(local_rank=0, world_size=1)
             trainer.setup()
-            from nerfstudio.engine.callbacks import TrainingCallbackLocation
-
             start = time.perf_counter()
             for step in range(self.quality_steps):
-                for callback in trainer.callbacks:
-                    callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-                trainer.train_iteration(step)
+                train_step(trainer, step)
             sync(trainer.device)
             seconds = time.perf_counter() - start
             trainer.pipeline.eval()
@@ -264,12 +254,23 @@ class BenchTrain:
         return result
 
 
+def train_step(trainer, step: int) -> Dict[str, object]:
+    """One ns-train step: the callbacks that run before an iteration, then ``Trainer.train_iteration``."""
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation
+
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    _, _, metrics = trainer.train_iteration(step)
+    return metrics
+
+
 def sync(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
 def machine(device: str) -> Dict[str, object]:
+    """What a benchmark ran on (the report's Machine line)."""
     info: Dict[str, object] = {
         "device": device,
         "cpu": platform.processor() or platform.machine(),
@@ -278,9 +279,8 @@ def machine(device: str) -> Dict[str, object]:
         "python": platform.python_version(),
     }
     try:
-        info["cpu_model"] = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
+        lines = open("/proc/cpuinfo").read().splitlines()
+        info["cpu_model"] = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
     except (OSError, StopIteration):
         pass
     if device == "cuda":

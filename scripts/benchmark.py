@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,9 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
@@ -325,19 +327,6 @@ def render_test_view(config: Path):
         outputs = pipeline.model.get_outputs_for_camera(camera.to(pipeline.device))
     gt = batch["image"][..., :3].float().cpu()
     return gt, outputs["rgb"].clamp(0, 1).float().cpu()
-
-
-def machine(device: str) -> Dict[str, object]:
-    info: Dict[str, object] = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
-    info["cpu_threads"] = torch.get_num_threads()
-    try:
-        lines = open("/proc/cpuinfo").read().splitlines()
-        info["cpu_model"] = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def _fmt(v, spec: str, missing: str = "n/a") -> str:

@@ -41,8 +41,6 @@ class WarmupCheck:
     """cpu or cuda; default: cuda when available."""
 
     def main(self) -> None:
-        from nerfstudio.engine.callbacks import TrainingCallbackLocation
-
         from nerfqat_plugin.registration import nerf_qat
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,9 +58,7 @@ class WarmupCheck:
             trainer.setup()
             start, history = time.time(), []
             for step in range(self.steps):
-                for callback in trainer.callbacks:
-                    callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-                _, _, metrics = trainer.train_iteration(step)
+                metrics = bench_train.train_step(trainer, step)
                 if step % 50 == 0 or step == self.steps - 1:
                     history.append(f"{step}:{float(metrics['psnr']):.2f}")
             ranges = [round(float(layer.out_quant.max_val), 2) for layer in trainer.pipeline.model.field_fine.mlp.trunk]
