@@ -24,7 +24,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.table import Table
 
-from nerfqat_plugin.int8_format import WEIGHTS_FILE, Int8ExportError, mlp_tensors, write_file
+from nerfqat_plugin.int8_format import WEIGHTS_FILE, Int8ExportError, architecture, mlp_tensors, write_file
 from nerfqat_plugin.quant.layers import QuantLinear
 
 
@@ -110,7 +110,7 @@ class ExportInt8:
 
         outputs = pipeline.datamanager.train_dataparser_outputs
         metadata = {
-            "architecture": model.architecture(),
+            "architecture": architecture(model.config, model.field_coarse.encoding),
             "quant": dataclasses.asdict(quant),
             "dataparser": {
                 "transform": outputs.dataparser_transform.tolist(),

@@ -50,6 +50,11 @@ class QuantNeRFField(Field):
         self.mlp = mlp
         self.raw_noise_std = raw_noise_std
 
+    @property
+    def encoding(self) -> str:
+        """The positional encoding's implementation: 'tcnn' or 'torch' (their features differ in order and scale)."""
+        return "tcnn" if self.position_encoding.tcnn_encoding is not None else "torch"
+
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Activation]:  # type: ignore[override]
         positions = ray_samples.frustums.get_positions()
         raw, trunk_out = self.mlp.density(self.position_encoding(0.5 * positions))

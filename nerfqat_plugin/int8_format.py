@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear, convert_to_int, layer_tensors
+from nerfqat_plugin.quant.dispatch import Kernel
+from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear, convert_to_int, layer_tensors, set_kernel
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 from nerfqat_plugin.quant.pack import pack_bits, packed_nbytes, unpack_bits
 
@@ -31,8 +32,51 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 
 
+ARCHITECTURE_FIELDS = (
+    "num_layers",
+    "layer_width",
+    "skip_layer",
+    "view_width",
+    "position_frequencies",
+    "direction_frequencies",
+)
+"""Model config fields that fix the MLPs' tensors and inputs (recorded in the file with the encoding)."""
+PREFIXES = ("coarse.", "fine.")
+"""Tensor name prefixes of the coarse and fine MLPs, in the order of ``model.mlps``."""
+
+
 class Int8ExportError(ValueError):
     """A problem with an integer export file; the message names the file and what is wrong."""
+
+
+def architecture(model_config: Any, encoding: str) -> Dict[str, object]:
+    """What fixes the MLPs' tensors and inputs: the ``ARCHITECTURE_FIELDS`` of a model config and the encoding
+    implementation ('torch' or 'tcnn', whose features differ in order and scale)."""
+    arch: Dict[str, object] = {name: int(getattr(model_config, name)) for name in ARCHITECTURE_FIELDS}
+    arch["encoding"] = encoding
+    return arch
+
+
+def load_weights(
+    path: Path, mlps: Sequence[nn.Module], arch: Dict[str, object], quant: QuantConfig, kernel: Kernel, compile: bool
+) -> None:
+    """Make freshly built (fake-quantized) MLPs integer ones holding the file's weights, after checking that the
+    file was written for this architecture and quantization; ``Int8ExportError`` naming the file otherwise."""
+    tensors, metadata = read_file(path)
+    found = decode(metadata, "architecture")
+    if found != arch:
+        raise Int8ExportError(f"{path}: architecture {found} does not match the config's {arch}")
+    spec = decode(metadata, "quant")
+    if (spec.get("weight_bits"), spec.get("activation_bits"), spec.get("fused")) != (
+        quant.weight_bits,
+        quant.activation_bits,
+        quant.fused,
+    ):
+        raise Int8ExportError(f"{path}: quantization {spec} does not match the config's")
+    file_quant = QuantConfig(**spec)
+    for prefix, mlp in zip(PREFIXES, mlps, strict=True):
+        load_mlp_tensors(mlp, tensors, prefix, file_quant, path)
+        set_kernel(mlp, kernel, compile)
 
 
 def mlp_tensors(mlp: nn.Module, prefix: str, quant: QuantConfig) -> Dict[str, Tensor]:

@@ -13,20 +13,19 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import LinearDisparitySampler, PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
-from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc
 from torch import Tensor, nn
 from torch.nn import Parameter
 
+from nerfqat_plugin.colliders import NDCCollider, NDCMode, scene_collider
 from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding
-from nerfqat_plugin.int8_format import Int8ExportError, decode, load_mlp_tensors, read_file
+from nerfqat_plugin.int8_format import architecture, load_weights
 from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
-from nerfqat_plugin.ndc import ndc_rays
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.int8 import Kernel, set_kernel
-from nerfqat_plugin.quant.layers import set_fake_quant_speed, set_quant_state
+from nerfqat_plugin.quant.dispatch import Kernel, MatmulMode
+from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
 
 
@@ -59,7 +58,7 @@ class NeRFQATModelConfig(ModelConfig):
     """Color of empty space behind the scene."""
     raw_noise_std: float = 1.0
     """Std of Gaussian noise added to raw density while training (1.0 as the original NeRF on real scenes)."""
-    ndc: Literal["auto", "on", "off"] = "auto"
+    ndc: NDCMode = "auto"
     """Warp rays to normalized device coordinates (forward-facing scenes); 'auto' follows llff-data's --ndc flag."""
     lindisp: bool = False
     """Without NDC: space the coarse samples evenly in inverse depth instead of depth (NDC does this by itself)."""
@@ -68,14 +67,18 @@ class NeRFQATModelConfig(ModelConfig):
     quant_compile: bool = True
     """Fuse the fake-quantization arithmetic (observers, rounding, masks, scales) with torch.compile: the same codes
     and gradients in fewer passes over memory; compiled on first use (seconds), eager if compiling fails."""
-    quant_fast_matmul: bool = True
-    """Fake-quantized layers form the product of codes on int8 units (oneDNN, CPU) or with bf16 operands and fp32
-    results (CUDA), both exact, and the gradient products with bf16 operands (as autocast would). False: fp32."""
+    quant_fast_matmul: MatmulMode = "auto"
+    """How fake-quantized layers multiply. The product of codes is exact on every path: int8 units (oneDNN, CPU,
+    where a start-up self-check finds it exact), bf16 operands with fp32 results (CUDA), or fp32; gradient products
+    take bf16 or fp32 operands. 'auto': per layer shape, the fastest measured on this machine (said once in the log),
+    never slower than fp32. True: int8/bf16 products and bf16 gradients without measuring. False: fp32 throughout."""
     int8_weights: Optional[Path] = None
     """Integer export file to render from (ns-export-int8 sets it); the MLPs then run on its integer weights."""
     int8_kernel: Kernel = "auto"
-    """Integer matmul of an export: 'onednn' (fused int8 Linear, CPU), 'int' (torch._int_mm, bit-exact),
-    'float' (exact in fp32, any device); 'auto': onednn on CPU, float elsewhere."""
+    """Integer matmul of an export: 'onednn' (fused int8 Linear, CPU; within one code step), 'int' (torch._int_mm,
+    CPU, bit-exact), 'float' (exact in fp32, any device). 'auto': per layer shape, the fastest exact kernel measured
+    on this machine (oneDNN only where its self-check finds the int8 product exact). A named kernel that is not exact
+    or not available here falls back to 'auto', said once in the log."""
     int8_compile: bool = True
     """Fuse the integer layers' elementwise steps (input quantization, requantization, the 'int' kernel's epilogue)
     with torch.compile: several times faster, compiled on first use (seconds); falls back to eager on failure."""
@@ -84,26 +87,20 @@ class NeRFQATModelConfig(ModelConfig):
 
 
 class NeRFQATModel(Model):
-    """Coarse-to-fine NeRF with fake-quantized MLPs."""
+    """Coarse-to-fine NeRF with fake-quantized MLPs (or an export's integer MLPs)."""
 
     config: NeRFQATModelConfig
 
     def populate_modules(self) -> None:
-        super().populate_modules()
         cfg = self.config
-        if self.collider is not None and cfg.collider_params is not None:
-            # nerfstudio's default collider moves the near plane to 0 outside training: keep what training saw
-            self.collider = NearFarCollider(
-                cfg.collider_params["near_plane"], cfg.collider_params["far_plane"], reset_near_plane=False
-            )
-        self._setup_ray_bounds()
+        self.collider = scene_collider(cfg.ndc, self.kwargs.get("metadata") or {}, cfg.collider_params)
         self.field_coarse = self._make_field()
         self.field_fine = self._make_field()
-        self.sampler_uniform = (
-            LinearDisparitySampler(num_samples=cfg.num_coarse_samples)
-            if self.use_lindisp
-            else UniformSampler(num_samples=cfg.num_coarse_samples)
-        )
+        lindisp = cfg.lindisp and not isinstance(self.collider, NDCCollider)
+        if lindisp and not self.collider.near_plane > 0:  # type: ignore[operator]
+            raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {self.collider.near_plane}")
+        sampler = LinearDisparitySampler if lindisp else UniformSampler
+        self.sampler_uniform = sampler(num_samples=cfg.num_coarse_samples)
         self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples)
         self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
         self.renderer_accumulation = AccumulationRenderer()
@@ -117,47 +114,10 @@ class NeRFQATModel(Model):
         self.ssim = structural_similarity_index_measure
         self.lpips = OfflineLPIPS()
         if cfg.int8_weights is not None:
-            self._load_int8(Path(cfg.int8_weights))
-        set_fake_quant_speed(self, compile=cfg.quant_compile, fast_matmul=cfg.quant_fast_matmul)
+            arch = architecture(cfg, self.field_coarse.encoding)
+            load_weights(Path(cfg.int8_weights), self.mlps, arch, cfg.quant, cfg.int8_kernel, cfg.int8_compile)
+        set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
         self.update_to_step(0)
-
-    def _load_int8(self, path: Path) -> None:
-        """Make both MLPs integer ones holding the export's weights (checked against this config)."""
-        tensors, metadata = read_file(path)
-        arch = decode(metadata, "architecture")
-        if arch != self.architecture():
-            raise Int8ExportError(f"{path}: architecture {arch} does not match the config's {self.architecture()}")
-        quant = QuantConfig(**decode(metadata, "quant"))
-        if (quant.weight_bits, quant.activation_bits, quant.fused) != (
-            self.config.quant.weight_bits,
-            self.config.quant.activation_bits,
-            self.config.quant.fused,
-        ):
-            raise Int8ExportError(f"{path}: quantization {decode(metadata, 'quant')} does not match the config's")
-        for prefix, mlp in zip(("coarse.", "fine."), self.mlps, strict=True):
-            load_mlp_tensors(mlp, tensors, prefix, quant, path)
-            set_kernel(mlp, self.config.int8_kernel, self.config.int8_compile)
-
-    def architecture(self) -> Dict[str, object]:
-        """What fixes the MLPs' tensors and inputs (recorded in, and checked against, integer exports)."""
-        cfg = self.config
-        names = (
-            "num_layers",
-            "layer_width",
-            "skip_layer",
-            "view_width",
-            "position_frequencies",
-            "direction_frequencies",
-        )
-        arch: Dict[str, object] = {name: int(getattr(cfg, name)) for name in names}
-        arch["encoding"] = "tcnn" if self.field_coarse.position_encoding.tcnn_encoding is not None else "torch"
-        return arch
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        if self.config.int8_weights is not None:
-            # An integer export's checkpoint holds no weights: they were read from the export file.
-            return super().load_state_dict(state_dict, strict=False)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _make_field(self) -> QuantNeRFField:
         cfg = self.config
@@ -179,10 +139,9 @@ class NeRFQATModel(Model):
         """The coarse and fine MLPs."""
         return self.field_coarse.mlp, self.field_fine.mlp
 
-    # --- QAT schedule -------------------------------------------------------------------------------------------
-
     def update_to_step(self, step: int) -> None:
-        """Fake quantization on from ``quant_start_step``; observers move until ``freeze_observers_step``."""
+        """The QAT schedule: fake quantization on from ``quant_start_step``; observers move until
+        ``freeze_observers_step``."""
         q = self.config.quant
         active = q.enabled and step >= q.quant_start_step
         observe = q.freeze_observers_step < 0 or step < q.freeze_observers_step
@@ -202,64 +161,12 @@ class NeRFQATModel(Model):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
 
-    # --- near/far and NDC ---------------------------------------------------------------------------------------
-
-    def _setup_ray_bounds(self) -> None:
-        """Decide NDC and near/far from the dataparser metadata (llff-data); other dataparsers keep the collider."""
-        cfg = self.config
-        metadata = self.kwargs.get("metadata") or {}
-        ndc_params = metadata.get("ndc_params")
-        use_ndc = cfg.ndc == "on" or (cfg.ndc == "auto" and bool(metadata.get("ndc")))
-        if use_ndc and ndc_params is None:
-            raise ValueError("--pipeline.model.ndc on needs NDC parameters from the dataparser: use llff-data")
-        self.ndc_params: Optional[Dict[str, float]] = dict(ndc_params) if use_ndc else None
-        # (near, far, measured as depth along the camera axis rather than distance along the ray)
-        self.ray_bounds: Optional[Tuple[float, float, bool]] = None
-        if not use_ndc and "near_plane" in metadata and "far_plane" in metadata:
-            self.ray_bounds = (float(metadata["near_plane"]), float(metadata["far_plane"]), True)
-        if self.ray_bounds is not None and not 0 <= self.ray_bounds[0] < self.ray_bounds[1]:
-            raise ValueError(f"near/far planes {self.ray_bounds[:2]} must satisfy 0 <= near < far")
-        self.use_lindisp = cfg.lindisp and not use_ndc
-        near = self._near_far()["near_plane"]  # the collider's, which keeps its near plane outside training too
-        if self.use_lindisp and (near is None or near <= 0):
-            raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {near}")
-
-    def _prepare_rays(self, ray_bundle: RayBundle) -> RayBundle:
-        """Warp to NDC (nears 0, fars 1) or set the dataparser's near/far; unchanged for other dataparsers."""
-        if self.ndc_params is not None:
-            p = self.ndc_params
-            origins, directions = ndc_rays(
-                ray_bundle.origins, ray_bundle.directions, p["focal_x"], p["focal_y"], p["width"], p["height"],
-                p["near_plane"],
-            )  # fmt: skip
-            ones = torch.ones_like(origins[..., :1])
-            return RayBundle(
-                origins=origins,
-                directions=directions,
-                pixel_area=ray_bundle.pixel_area,
-                camera_indices=ray_bundle.camera_indices,
-                nears=torch.zeros_like(ones),
-                fars=ones,
-                # the color branch still sees the world viewing direction, as in the original NeRF
-                metadata={**ray_bundle.metadata, "view_directions": ray_bundle.directions},
-                times=ray_bundle.times,
-            )
-        if self.ray_bounds is not None:
-            near, far, along_axis = self.ray_bounds
-            stretch = torch.ones_like(ray_bundle.origins[..., :1])
-            if along_axis and "directions_norm" in ray_bundle.metadata:
-                # unit directions: a ray reaches depth z at distance z * |camera-frame direction with z = -1|
-                stretch = ray_bundle.metadata["directions_norm"]
-            ray_bundle.nears = near * stretch
-            ray_bundle.fars = far * stretch
-        return ray_bundle
-
-    # --- rendering ----------------------------------------------------------------------------------------------
+    # --- outputs ------------------------------------------------------------------------------------------------
 
     def _render(self, field_: QuantNeRFField, ray_samples) -> Tuple[Dict[str, Tensor], Tensor]:
         out = field_(ray_samples)
         density = out[FieldHeadNames.DENSITY]
-        if self.ndc_params is not None:
+        if isinstance(self.collider, NDCCollider):
             # NDC directions are not unit length: a step dt covers |d| dt of NDC space
             density = density * ray_samples.frustums.directions.norm(dim=-1, keepdim=True)
         weights = ray_samples.get_weights(density)
@@ -271,7 +178,6 @@ class NeRFQATModel(Model):
         return rendered, weights
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
-        ray_bundle = self._prepare_rays(ray_bundle)
         samples_coarse = self.sampler_uniform(ray_bundle)
         coarse, weights_coarse = self._render(self.field_coarse, samples_coarse)
         samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)
@@ -312,7 +218,8 @@ class NeRFQATModel(Model):
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
-        near_far = self._near_far()
+        # depth colormap over the range rays are sampled in: [0, 1] in NDC, else the collider's planes
+        near_far = {"near_plane": self.collider.near_plane, "far_plane": self.collider.far_plane}
 
         def depth_image(suffix: str) -> Tensor:
             return colormaps.apply_depth_colormap(
@@ -342,12 +249,3 @@ class NeRFQATModel(Model):
             metrics["lpips"] = lpips
         metrics.update(self.size_metrics())
         return metrics, images
-
-    def _near_far(self) -> Dict[str, Optional[float]]:
-        """Depth range for the depth colormap: [0, 1] in NDC, else the planes rays are sampled between."""
-        if self.ndc_params is not None:
-            return {"near_plane": 0.0, "far_plane": 1.0}
-        if self.ray_bounds is not None:
-            return {"near_plane": self.ray_bounds[0], "far_plane": self.ray_bounds[1]}
-        params = self.config.collider_params or {}
-        return {"near_plane": params.get("near_plane"), "far_plane": params.get("far_plane")}

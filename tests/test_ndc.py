@@ -7,7 +7,9 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.model_components.ray_samplers import LinearDisparitySampler, UniformSampler
+from nerfstudio.model_components.scene_colliders import NearFarCollider
 
+from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider
 from nerfqat_plugin.model import NeRFQATModelConfig
 from nerfqat_plugin.ndc import ndc_points, ndc_rays
 
@@ -129,22 +131,22 @@ def _bundle(n: int = 5) -> RayBundle:
 
 def test_auto_ndc_warps_rays_to_the_unit_segment():
     model = _model(LLFF_METADATA).eval()
-    assert model.ndc_params is not None
-    bundle = model._prepare_rays(_bundle())
+    assert isinstance(model.collider, NDCCollider)
+    bundle = model.collider(_bundle())
     torch.testing.assert_close(bundle.nears, torch.zeros(5, 1))
     torch.testing.assert_close(bundle.fars, torch.ones(5, 1))
     torch.testing.assert_close(bundle.origins[:, 2], torch.full((5,), -1.0))
     assert "view_directions" in bundle.metadata
     outputs = model(_bundle())
     assert ((outputs["depth"] >= 0) & (outputs["depth"] <= 1)).all()
-    assert model._near_far() == {"near_plane": 0.0, "far_plane": 1.0}
+    assert (model.collider.near_plane, model.collider.far_plane) == (0.0, 1.0)
 
 
 def test_ndc_off_uses_the_dataparser_bounds_as_depths():
     model = _model(LLFF_METADATA, ndc="off", lindisp=True).eval()
-    assert model.ndc_params is None
+    assert isinstance(model.collider, AxisDepthCollider)
     assert isinstance(model.sampler_uniform, LinearDisparitySampler)
-    bundle = model._prepare_rays(_bundle())
+    bundle = model.collider(_bundle())
     # depth bounds 1.2 and 6.0 along rays whose camera-frame direction (z = -1) has length 1.25
     torch.testing.assert_close(bundle.nears, torch.full((5, 1), 1.5))
     torch.testing.assert_close(bundle.fars, torch.full((5, 1), 7.5))
@@ -154,11 +156,12 @@ def test_ndc_off_uses_the_dataparser_bounds_as_depths():
 
 def test_without_metadata_the_collider_decides():
     model = _model().eval()
-    assert model.ndc_params is None and model.ray_bounds is None
+    assert type(model.collider) is NearFarCollider  # nerfstudio's, from collider_params
     assert isinstance(model.sampler_uniform, UniformSampler)
-    bundle = model.collider(_bundle())
-    assert model._prepare_rays(bundle) is bundle
-    assert model._near_far() == {"near_plane": 2.0, "far_plane": 6.0}
+    bundle = _bundle()
+    assert model.collider(bundle) is bundle
+    torch.testing.assert_close(bundle.nears, torch.full((5, 1), 2.0))  # kept at inference (eval mode)
+    assert (model.collider.near_plane, model.collider.far_plane) == (2.0, 6.0)
 
 
 def test_ndc_on_without_parameters_is_refused():

@@ -1,7 +1,7 @@
-"""Quantization core, independent of NeRF and nerfstudio: spec, fake quantizers, layers, packing."""
+"""Quantization core, independent of NeRF and nerfstudio: spec, rounding, fake quantizers, layers, integer kernels."""
 
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.fake_quant import QTensor
-from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear, set_quant_state
+from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear, set_quant_state, set_train_kernels
+from nerfqat_plugin.quant.rounding import QTensor
 
-__all__ = ["ActQuantizer", "QTensor", "QuantConfig", "QuantLinear", "set_quant_state"]
+__all__ = ["ActQuantizer", "QTensor", "QuantConfig", "QuantLinear", "set_quant_state", "set_train_kernels"]

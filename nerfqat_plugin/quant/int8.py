@@ -3,132 +3,117 @@
 ``convert_to_int(module)`` swaps every ``QuantLinear`` for an ``IntLinear`` and every ``ActQuantizer`` for an
 ``IntActQuantizer`` in place, so the module's own wiring (its ``forward``) runs unchanged on integers.
 
-Activations travel as ``IntTensor``: unsigned codes ``q`` in ``[0, 2**bits - 1]`` (uint8), or the same codes
-shifted to int8 ``q - 128`` (what ``torch._int_mm`` takes), plus the scale and zero point. Three kernels:
+Activations travel as ``IntTensor``: uint8 codes in ``[0, 2**bits - 1]`` with their scale and zero point. What a
+layer computes with (``int8_kernel`` of the model config; ``dispatch.int8_kernel`` resolves it per layer and device):
 
-- ``"onednn"``: oneDNN's int8 Linear (``torch.ops.onednn.qlinear_pointwise``, uint8 x int8 with prepacked
-  weights) with bias, ReLU and requantization fused into the matmul. The fastest on x86 CPUs. It rounds its
-  own way, so about one activation code in a million differs by one step from the fake-quantized model.
-- ``"int"``: ``torch._int_mm`` (int8 x int8 -> int32), then, per input segment and in fp32,
-  ``y = sum(acc * (x_scale * w_scale)) + bias`` and the same rounding function training used. The
-  accumulator equals the product of codes the fake-quantized layer formed in fp32, so the outputs are
-  bit-identical. ``compile=True`` fuses that epilogue with ``torch.compile`` (unfused it costs more than the
-  integer matmul saves).
-- ``"float"``: as ``"int"``, with the integer products formed in fp32 (exact below 2**24): any device.
-
-``"auto"`` takes ``"onednn"`` on CPU (``"int"`` where PyTorch lacks it). Other devices always use ``"float"``:
-``_int_mm`` on CUDA needs more than 16 rows and widths that are multiples of 8, which the 63-wide input and
-the 1-wide density head are not.
+- ``"int"``: an integer product of codes (``torch._int_mm``, oneDNN's int8 Linear, or oneDNN on 7-bit halves of the
+  codes where the plain product would saturate; see ``kernels``), then, per input segment and in fp32, training's
+  own scaling (``rounding.rescale``) and rounding (``rounding.activation_codes``). The accumulators equal the
+  products of codes the fake-quantized layers formed, so the outputs are bit-identical. ``compile=True`` fuses
+  that epilogue (unfused it costs more than the integer product saves).
+- ``"float"``: as ``"int"``, with the products of codes formed in fp32 (exact below 2**24): any device.
+- ``"onednn"``: oneDNN's int8 Linear with bias, ReLU and requantization fused into the matmul (``FUSED``), where its
+  product is exact. It rounds its requantization its own way, so about one activation code in a million differs
+  by one step from the fake-quantized model.
+- ``"auto"`` (the default): the fastest of all of these that are exact here, timed once per process and shape.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from nerfqat_plugin.quant.compiled import call
-from nerfqat_plugin.quant.fake_quant import round_codes, weight_codes, weight_scale
+from nerfqat_plugin.quant.dispatch import FUSED, Kernel, int8_kernel
+from nerfqat_plugin.quant.kernels import (
+    mm_fp32_out,
+    onednn_linear,
+    onednn_linear_sum,
+    onednn_prepack,
+    onednn_product,
+    onednn_split_product,
+)
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
-from nerfqat_plugin.quant.ops import affine, onednn_available
+from nerfqat_plugin.quant.rounding import ReLU, activation_codes, rescale, weight_codes, weight_scale
 
-Kernel = Literal["auto", "onednn", "int", "float"]
 _SHIFT = 128
+"""``torch._int_mm`` takes int8: uint8 codes shifted down by this."""
 
 
 class IntTensor(NamedTuple):
-    """An activation: uint8 codes ``q`` (or int8 ``q - 128``), with its scale and zero point (0-d tensors)."""
+    """An activation: uint8 codes with its scale and zero point (0-d tensors)."""
 
-    values: Tensor
+    codes: Tensor
     scale: Tensor
     zero_point: Tensor
 
-    def codes(self) -> Tensor:
-        """Unsigned codes ``q`` as uint8."""
-        v = self.values
-        return v if v.dtype == torch.uint8 else (v.to(torch.int16) + _SHIFT).to(torch.uint8)
-
-    def shifted(self) -> Tensor:
-        """``q - 128`` as int8."""
-        v = self.values
-        return v if v.dtype == torch.int8 else (v.to(torch.int16) - _SHIFT).to(torch.int8)
-
     def dequantize(self) -> Tensor:
-        return (self.codes().float() - self.zero_point) * self.scale
+        return (self.codes.float() - self.zero_point) * self.scale
 
 
-def _to_shifted(codes: Tensor) -> Tensor:
-    return (codes - _SHIFT).to(torch.int8)
-
-
-def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
-    """The kernel that runs on ``device``: off the CPU only ``float`` does (the others are CPU kernels here)."""
-    if device.type != "cpu":
-        return "float"
-    if kernel == "auto" or (kernel == "onednn" and not onednn_available()):
-        return "onednn" if onednn_available() else "int"
-    return kernel
+def _requantize(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu: ReLU) -> Tensor:
+    """Float to uint8 codes with training's rounding."""
+    return activation_codes(y, scale, zero_point, qmax, relu).to(torch.uint8)
 
 
 class IntActQuantizer(nn.Module):
     """Quantizes a float input (an encoding) to an ``IntTensor`` with frozen ``scale`` and ``zero_point``."""
 
-    def __init__(
-        self, scale: Tensor, zero_point: Tensor, qmax: int, kernel: Kernel = "auto", compile: bool = False
-    ) -> None:
+    def __init__(self, scale: Tensor, zero_point: Tensor, qmax: int, compile: bool = False) -> None:
         super().__init__()
         self.qmax = qmax
-        self.kernel: Kernel = kernel
         self.compile = compile
         self.register_buffer("scale", scale.detach().float().reshape(()).clone())
         self.register_buffer("zero_point", zero_point.detach().float().reshape(()).clone())
 
     def forward(self, x: Tensor) -> IntTensor:
-        unsigned = resolve_kernel(self.kernel, x.device) == "onednn"
-        values = call(_quantize, (x, self.scale, self.zero_point, self.qmax, unsigned), self.compile)
-        return IntTensor(values, self.scale, self.zero_point)
+        codes = call(_requantize, (x, self.scale, self.zero_point, self.qmax, None), self.compile)
+        return IntTensor(codes, self.scale, self.zero_point)
 
 
-def _quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, unsigned: bool) -> Tensor:
-    """Float to codes with training's rounding: uint8 ``q`` (``unsigned``) or int8 ``q - 128``."""
-    codes = round_codes(x, scale, zero_point, 0, qmax)
-    return codes.to(torch.uint8) if unsigned else _to_shifted(codes)
+def _accumulate(
+    inputs: Sequence[Tuple[Tensor, Tensor, Tensor]], weights: Sequence[Tensor], row_sums: Sequence[Tensor], product: str
+) -> List[Tensor]:
+    """``(codes - zero_point) @ w`` of each input as fp32, with ``product`` "int_mm" or "fp32"; ``weights[i]`` is the
+    ``[in_i, out]`` int8 slice of the weight codes for input ``i``."""
+    accs = []
+    for (codes, _, zero_point), w, rows in zip(inputs, weights, row_sums, strict=True):
+        if product == "int_mm":
+            shifted = (codes.to(torch.int16) - _SHIFT).to(torch.int8)
+            # (codes - 128) @ w + (128 - zero_point) * rowsum(w) = (codes - zero_point) @ w, in int32
+            acc = torch._int_mm(shifted, w) + (_SHIFT - zero_point).to(torch.int32) * rows
+            accs.append(acc.float())
+        else:
+            accs.append((codes.float() - zero_point) @ w.float())
+    return accs
 
 
 def _int_linear(
     inputs: Sequence[Tuple[Tensor, Tensor, Tensor]],
     weights: Sequence[Tensor],
     row_sums: Sequence[Tensor],
+    accs: Optional[Sequence[Tensor]],
     weight_scale: Tensor,
     bias: Tensor,
     out_scale: Optional[Tensor],
     out_zero_point: Optional[Tensor],
     qmax: int,
-    relu: bool,
-    fused: bool,
-    kernel: Kernel,
+    relu: ReLU,
+    product: str,
 ) -> Tensor:
-    """Integer Linear on ``(shifted, scale, zero_point)`` inputs; int8 output codes, or fp32 without ``out_scale``.
+    """Integer Linear on ``(codes, scale, zero_point)`` inputs; uint8 output codes, or fp32 without ``out_scale``.
 
-    ``weights[i]`` is the ``[in_i, out]`` int8 slice of the weight codes for input ``i``.
+    ``accs``: the accumulators of each input, formed outside (oneDNN, bf16), or None to form them here
+    (``_accumulate`` with ``product``).
     """
-    accs = []
-    for (a, _, zero_point), w, rows in zip(inputs, weights, row_sums, strict=True):
-        if kernel == "int":
-            acc = torch._int_mm(a, w) + (_SHIFT - zero_point).to(torch.int32) * rows
-            accs.append(acc.float())
-        else:
-            accs.append((a.float() + (_SHIFT - zero_point)) @ w.float())
-    y, _, _ = affine(accs, [scale for _, scale, _ in inputs], weight_scale, bias)
+    if accs is None:
+        accs = _accumulate(inputs, weights, row_sums, product)
+    y = rescale(accs, [scale for _, scale, _ in inputs], weight_scale, bias)
     if out_scale is None or out_zero_point is None:
         return y
-    if relu and fused:
-        y = torch.relu(y)
-    codes = round_codes(y, out_scale, out_zero_point, 0, qmax)
-    if relu and not fused:
-        codes = torch.maximum(codes, out_zero_point)
-    return _to_shifted(codes)
+    return _requantize(y, out_scale, out_zero_point, qmax, relu)
 
 
 class IntLinear(nn.Module):
@@ -140,16 +125,17 @@ class IntLinear(nn.Module):
         weight_scale: Tensor,
         bias: Tensor,
         in_splits: Sequence[int],
-        relu: bool,
-        fused: bool,
+        relu: ReLU,
         out_qparams: Optional[Tuple[Tensor, Tensor]],
-        qmax: int,
+        act_qmax: int,
+        weight_qmax: int,
         kernel: Kernel = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.in_splits = tuple(in_splits)
-        self.relu, self.fused, self.qmax = relu, fused, qmax
+        self.relu: ReLU = relu
+        self.act_qmax, self.weight_qmax = act_qmax, weight_qmax
         self.kernel: Kernel = kernel
         self.compile = compile
         self.register_buffer("weight_codes", weight_codes.detach().to(torch.int8).clone())
@@ -167,75 +153,111 @@ class IntLinear(nn.Module):
         segments = self.weight_codes.split(self.in_splits, dim=1)
         self._weights = [s.t().contiguous() for s in segments]
         self._row_sums = [s.to(torch.int32).sum(dim=1) for s in segments]
-        self._packed = None  # oneDNN's prepacked weights, made on first use
+        self._packed_weights = None
 
     def _apply(self, fn, recurse=True):  # keep the derived tensors on the module's device
         super()._apply(fn, recurse)
         self._prepare()
         return self
 
-    def forward(self, *inputs: IntTensor):
-        kernel = resolve_kernel(self.kernel, self.weight_codes.device)
-        lead = inputs[0].values.shape[:-1]
-        flat = [IntTensor(x.values.reshape(-1, x.values.shape[-1]), x.scale, x.zero_point) for x in inputs]
-        if kernel == "onednn":
-            y = self._onednn(flat)
-        else:
-            args = (
-                [(x.shifted(), x.scale, x.zero_point) for x in flat],
-                self._weights,
-                self._row_sums,
-                self.weight_scale,
-                self.bias,
-                self.out_scale,
-                self.out_zero_point,
-                self.qmax,
-                self.relu,
-                self.fused,
-                kernel,
+    def resolved_kernel(self, device: torch.device) -> str:
+        """What this layer runs on ``device``: a product of ``kernels`` then training's epilogue, or the fused oneDNN
+        kernel (see ``dispatch.int8_kernel``)."""
+        n = self.weight_codes.shape[0]
+        return int8_kernel(device, max(self.in_splits), n, self.act_qmax, self.weight_qmax, self.kernel, self._sample)
+
+    def _sample(self, kernel: str) -> Callable[[], object]:
+        """For timing ``kernel`` on a random batch: its products of codes (the epilogue after them is the same for
+        every kernel but the fused one), or the whole fused call."""
+        device = self.weight_codes.device
+        rows = 8192 if device.type == "cuda" else 2048
+        g = torch.Generator().manual_seed(0)
+        inputs = [
+            IntTensor(
+                torch.randint(0, self.act_qmax + 1, (rows, w), generator=g, dtype=torch.uint8).to(device),
+                torch.tensor(0.01, device=device),
+                torch.tensor(3.0, device=device),
             )
-            y = call(_int_linear, args, self.compile)
+            for w in self.in_splits
+        ]
+        if kernel == FUSED:
+            return lambda: self._onednn_fused(inputs, compile=False)
+        tuples = [tuple(x) for x in inputs]
+        return lambda: self._accumulators(kernel, inputs) or _accumulate(tuples, self._weights, self._row_sums, kernel)
+
+    def forward(self, *inputs: IntTensor):
+        kernel = self.resolved_kernel(self.weight_codes.device)
+        lead = inputs[0].codes.shape[:-1]
+        flat = [IntTensor(x.codes.reshape(-1, x.codes.shape[-1]), x.scale, x.zero_point) for x in inputs]
+        y = self._run(kernel, flat, self.compile)
         y = y.reshape(*lead, y.shape[-1])
         if self.out_scale is None:
             return y
         return IntTensor(y, self.out_scale, self.out_zero_point)
 
-    def _onednn(self, inputs: List[IntTensor]) -> Tensor:
+    def _accumulators(self, kernel: str, inputs: List[IntTensor]) -> Optional[List[Tensor]]:
+        """The accumulators of the products formed outside the compiled epilogue (oneDNN, bf16), else None."""
+        n = self.weight_codes.shape[0]
+        if kernel in ("onednn", "onednn_split"):
+            multiply = onednn_product if kernel == "onednn" else onednn_split_product
+            return [multiply(x.codes, int(x.zero_point), p, n) for x, p in zip(inputs, self._packed(), strict=True)]
+        if kernel == "bf16":
+            return [mm_fp32_out(x.codes.float() - x.zero_point, w) for x, w in zip(inputs, self._weights, strict=True)]
+        return None
+
+    def _run(self, kernel: str, inputs: List[IntTensor], compile: bool) -> Tensor:
+        if kernel == FUSED:
+            return self._onednn_fused(inputs, compile)
+        args = (
+            [tuple(x) for x in inputs],
+            self._weights,
+            self._row_sums,
+            self._accumulators(kernel, inputs),
+            self.weight_scale,
+            self.bias,
+            self.out_scale,
+            self.out_zero_point,
+            self.act_qmax,
+            self.relu,
+            kernel,
+        )
+        return call(_int_linear, args, compile)
+
+    def _packed(self) -> list:
+        """oneDNN's prepacked weights, one per input segment (made on first use)."""
+        if self._packed_weights is None:
+            self._packed_weights = [onednn_prepack(s) for s in self.weight_codes.split(self.in_splits, dim=1)]
+        return self._packed_weights
+
+    def _onednn_fused(self, inputs: List[IntTensor], compile: bool) -> Tensor:
         """oneDNN int8 Linear; several inputs: all but the last to fp32, summed into the last one's epilogue."""
-        ops = torch.ops.onednn
-        if self._packed is None:
-            segments = self.weight_codes.split(self.in_splits, dim=1)
-            self._packed = [ops.qlinear_prepack(s.contiguous(), None) for s in segments]
-            self._w_zero = torch.zeros(self.weight_codes.shape[0], dtype=torch.long)
-        quantized = self.out_scale is not None
-        out_scale = float(self.out_scale) if quantized else 1.0
-        out_zp = int(self.out_zero_point) if quantized else 0
-        out_dtype = torch.uint8 if quantized else torch.float32
-        post_op = "relu" if self.relu and self.fused else "none"
+        post_op = "relu" if self.relu == "fused" else "none"
+        packed_segments = self._packed()
         partial = None
-        for x, packed in zip(inputs[:-1], self._packed[:-1], strict=True):
-            y = ops.qlinear_pointwise(
-                x.codes(), float(x.scale), int(x.zero_point), packed, self.weight_scale, self._w_zero,
-                None, 1.0, 0, torch.float32, "none", [None], "",
-            )  # fmt: skip
+        for x, packed in zip(inputs[:-1], packed_segments[:-1], strict=True):
+            y = onednn_linear(x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale)
             partial = y if partial is None else partial + y
-        x = inputs[-1]
-        if partial is None:
-            y = ops.qlinear_pointwise(
-                x.codes(), float(x.scale), int(x.zero_point), self._packed[-1], self.weight_scale, self._w_zero,
-                self.bias, out_scale, out_zp, out_dtype, post_op, [None], "",
-            )  # fmt: skip
-        else:
-            # oneDNN sums only into an output of the same dtype: finish in fp32, then requantize here.
-            y = ops.qlinear_pointwise.binary(
-                x.codes(), float(x.scale), int(x.zero_point), self._packed[-1], self.weight_scale, self._w_zero,
-                partial, self.bias, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, post_op, [None], "",
-            )  # fmt: skip
-            if quantized:
-                y = call(_quantize, (y, self.out_scale, self.out_zero_point, self.qmax, True), self.compile)
-        if quantized and self.qmax < 255:
-            y = y.clamp_max(self.qmax)
-        if quantized and self.relu and not self.fused:
+        x, packed = inputs[-1], packed_segments[-1]
+        if self.out_scale is None or self.out_zero_point is None:
+            if partial is None:
+                return onednn_linear(x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, self.bias)
+            return onednn_linear_sum(
+                x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, partial, self.bias, "none"
+            )
+        if partial is not None:
+            # oneDNN sums only into an output of the same dtype: finish in fp32, then requantize with our rounding.
+            y = onednn_linear_sum(
+                x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, partial, self.bias, post_op
+            )
+            return call(_requantize, (y, self.out_scale, self.out_zero_point, self.act_qmax, self.relu), compile)
+        out_zp = int(self.out_zero_point)
+        y = onednn_linear(
+            x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, self.bias,
+            float(self.out_scale), out_zp, torch.uint8, post_op,
+        )  # fmt: skip
+        if self.act_qmax < 255:  # oneDNN saturates at 255
+            y = y.clamp_max(self.act_qmax)
+        if self.relu == "unfused":
             y = y.clamp_min(out_zp)
         return y
 
@@ -249,9 +271,9 @@ def int_linear_from(layer: QuantLinear, kernel: Kernel = "auto", compile: bool =
         tensors["bias"],
         layer.in_splits,
         layer.relu,
-        layer.fused,
         (tensors["out_scale"], tensors["out_zero_point"]) if layer.out_quant is not None else None,
-        layer.out_quant.qmax if layer.out_quant is not None else 0,
+        layer.act_qmax,
+        layer.weight_qmax,
         kernel,
         compile,
     )
@@ -277,14 +299,16 @@ def convert_to_int(module: nn.Module, kernel: Kernel = "auto", compile: bool = F
         if isinstance(child, QuantLinear):
             setattr(module, name, int_linear_from(child, kernel, compile))
         elif isinstance(child, ActQuantizer):
-            setattr(module, name, IntActQuantizer(*child.qparams(), child.qmax, kernel, compile))
+            setattr(module, name, IntActQuantizer(*child.qparams(), child.qmax, compile))
         else:
             convert_to_int(child, kernel, compile)
     return module
 
 
 def set_kernel(module: nn.Module, kernel: Kernel, compile: bool) -> None:
-    """Choose the accumulator kernel and compilation for every ``IntLinear`` inside ``module``."""
+    """Choose the kernel and compilation for every integer layer inside ``module``."""
     for m in module.modules():
-        if isinstance(m, (IntLinear, IntActQuantizer)):
+        if isinstance(m, IntLinear):
             m.kernel, m.compile = kernel, compile
+        elif isinstance(m, IntActQuantizer):
+            m.compile = compile

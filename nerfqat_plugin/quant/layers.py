@@ -3,10 +3,10 @@
 Drop-in for any MLP: build the layers from a ``QuantConfig``, feed the first layer the output of an
 ``ActQuantizer``, and switch simulation on or off for the whole module with ``set_quant_state``.
 
-While quantization is active the layers pass ``QTensor`` values (integer codes and a scale) to one another.
-A Linear multiplies the codes of its input by the codes of its weight and scales the result once:
+While quantization is active the layers pass ``QTensor`` values (centered codes and a scale) to one another.
+A Linear multiplies the centered codes of its input by the codes of its weight and scales the result once:
 
-    y = (x_codes @ w_codes.T) * (x_scale * w_scale) + bias
+    y = (x_centered @ w_codes.T) * (x_scale * w_scale) + bias
 
 The product of codes holds small integers, which fp32 represents exactly (|sum| < 2**24), so this is the
 value an integer kernel computes, and the exported model can reproduce it bit for bit.
@@ -14,15 +14,16 @@ value an integer kernel computes, and the exported model can reproduce it bit fo
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.fake_quant import QTensor, activation_qparams
-from nerfqat_plugin.quant.ops import OutputQuant, quant_linear, quantize
+from nerfqat_plugin.quant.dispatch import FP32, MatmulMode, TrainPath, train_path
+from nerfqat_plugin.quant.ops import LinearOptions, QuantizeOptions, linear, quantize
+from nerfqat_plugin.quant.rounding import QTensor, ReLU, activation_qparams, relu_mode
 
 Activation = Union[Tensor, QTensor]
 
@@ -36,8 +37,8 @@ class QuantModule(nn.Module):
     """Let activation observers update their ranges in training mode."""
     compile: bool = False
     """Fuse the fake-quantization arithmetic with ``torch.compile`` (same result, fewer passes over memory)."""
-    fast_matmul: bool = False
-    """Codes as bf16, exact int8/bf16 codes products, bf16 gradient products (``fast`` in ``ops``)."""
+    matmul: MatmulMode = False
+    """How products are formed (``dispatch.train_path``): "auto" (measured), True (fast on paper), False (fp32)."""
 
 
 class ActQuantizer(QuantModule):
@@ -60,7 +61,9 @@ class ActQuantizer(QuantModule):
 
     @torch.no_grad()
     def observe_range(self, lo: Tensor, hi: Tensor) -> None:
-        """Fold one batch's range into the moving min/max."""
+        """Fold one batch's range into the moving min/max (not again when autograd recomputes a forward)."""
+        if torch._C._current_graph_task_id() != -1:  # inside a backward pass: a checkpointed forward run again
+            return
         lo, hi = lo.float(), hi.float()
         # first batch: take its range; later: moving average. Branch-free, so no device-to-host sync.
         self.min_val.copy_(torch.where(self.initialized, self.min_val.lerp(lo, self.momentum), lo))
@@ -83,11 +86,12 @@ class ActQuantizer(QuantModule):
             return x
         return self.quantize(x)
 
-    def quantize(self, x: Tensor) -> QTensor:
-        """Codes of ``x`` with the current range (no observing)."""
+    def quantize(self, x: Tensor, relu: ReLU = None, dtype: torch.dtype = torch.float32) -> QTensor:
+        """Centered codes of ``x`` (as ``dtype``) with the current range, the ReLU applied as ``relu`` says; no
+        observing."""
         scale, zero_point = self.qparams()
-        codes = quantize(x, scale, zero_point, self.qmax, compile=self.compile, fast=self.fast_matmul)
-        return QTensor(codes, scale, zero_point)
+        opts = QuantizeOptions(self.qmax, relu, dtype, self.compile)
+        return QTensor(quantize(x, scale, zero_point, opts), scale, zero_point)
 
 
 class QuantLinear(nn.Linear, QuantModule):
@@ -111,57 +115,63 @@ class QuantLinear(nn.Linear, QuantModule):
         super().__init__(sum(in_splits), out_features)
         self.in_splits = tuple(int(s) for s in in_splits)
         self.weight_qmax = config.weight_qmax
-        self.relu = relu
-        self.fused = config.fused
+        self.act_qmax = config.activation_qmax
+        self.relu: ReLU = relu_mode(relu, config.fused)
         self.out_quant = ActQuantizer(config) if (relu or quantize_output) else None
 
+    def train_path(self, device: torch.device) -> TrainPath:
+        """How this layer multiplies on ``device`` (decided once per process and shape, see ``dispatch``)."""
+        if self.matmul is False:
+            return FP32
+        return train_path(device, max(self.in_splits), self.out_features, self.act_qmax, self.weight_qmax, self.matmul)
+
     def linear(self, inputs: Sequence[Activation]) -> Tensor:
-        """The Linear part alone: float output (dequantized accumulator when quantization is active)."""
+        """The Linear part alone: float output (the scaled product of codes when quantization is active)."""
         if not self.quant_active:
             x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)  # type: ignore[arg-type]
-            return F.linear(x, self.weight, self.bias)
-        return self._quant_linear(inputs, None)
+            return F.linear(x, self.weight, self.bias)  # type: ignore[arg-type]
+        y, _ = self._quant_linear(inputs, observe=False)
+        return y
 
-    def _quant_linear(self, inputs: Sequence[Activation], out: Optional[OutputQuant]):
+    def _quant_linear(self, inputs: Sequence[Activation], observe: bool):
+        """``(y, range)``: the fake-quantized Linear's float output and, with ``observe``, its ``(min, max)`` as the
+        output quantizer reads it (of ``relu(y)`` when fused)."""
         for x in inputs:
             if not isinstance(x, QTensor):
                 raise TypeError(f"{type(self).__name__}: quantized input expected, got {type(x).__name__}")
-        batch = inputs[0].codes.shape[:-1]  # type: ignore[union-attr]
-        result = quant_linear(
-            [x.codes.reshape(-1, x.codes.shape[-1]) for x in inputs],  # type: ignore[union-attr]
-            [x.scale for x in inputs],  # type: ignore[union-attr]
-            [x.zero_point for x in inputs],  # type: ignore[union-attr]
+        path = self.train_path(self.weight.device)
+        opts = LinearOptions(self.weight_qmax, path, self.compile, observe, self.relu)
+        batch = inputs[0].centered.shape[:-1]  # type: ignore[union-attr]
+        result = linear(
+            [x.centered.reshape(-1, x.centered.shape[-1]) for x in inputs],  # type: ignore[union-attr]
+            [(x.scale, x.zero_point) for x in inputs],  # type: ignore[union-attr]
             self.weight,
             self.bias,
-            self.weight_qmax,
-            out,
-            self.compile,
-            self.fast_matmul,
+            opts,
         )
-        if out is None:
-            return result.reshape(*batch, result.shape[-1])
-        codes, scale, zero_point = result
-        return QTensor(codes.reshape(*batch, codes.shape[-1]), scale, zero_point)
+        y, value_range = (result[0], result[1:]) if observe else (result, None)
+        return y.reshape(*batch, y.shape[-1]), value_range
 
     def forward(self, *inputs: Activation) -> Activation:
         if len(inputs) != len(self.in_splits):
             raise ValueError(f"{type(self).__name__} expects {len(self.in_splits)} inputs, got {len(inputs)}")
-        relu_before = self.relu and self.fused
-        relu_after = self.relu and not self.fused
         quant = self.out_quant
         if not self.quant_active:
             y = self.linear(inputs)
             if quant is None:
                 return y
-            if relu_before:
+            if self.relu == "fused":
                 return quant(torch.relu(y))
             q = quant(y)
-            return torch.relu(q) if relu_after else q  # type: ignore[arg-type]
+            return torch.relu(q) if self.relu == "unfused" else q  # type: ignore[arg-type]
         if quant is None:
             return self.linear(inputs)
-        # One node: Linear, observer update (the value it quantizes: the ReLU output when fused), rounding.
-        # Unfused: ReLU after quantization; on the grid it clamps the codes at zero (the zero point).
-        return self._quant_linear(inputs, OutputQuant(quant, quant.updating, relu_before, relu_after))
+        # the Linear (and the range of its output), the observer update, then the rounding with the updated range
+        y, value_range = self._quant_linear(inputs, observe=quant.updating)
+        if value_range is not None:
+            quant.observe_range(*value_range)
+        # the next layer reads these codes: bf16 where this layer's gradient products are bf16 (exact either way)
+        return quant.quantize(y, self.relu, self.train_path(self.weight.device).codes_dtype)
 
 
 def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
@@ -172,9 +182,9 @@ def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:
             m.observing = observe
 
 
-def set_fake_quant_speed(module: nn.Module, compile: bool, fast_matmul: bool) -> None:
-    """How every quantized layer inside ``module`` computes: see ``QuantModule.compile`` and ``.fast_matmul``."""
+def set_train_kernels(module: nn.Module, compile: bool, matmul: MatmulMode) -> None:
+    """How every quantized layer inside ``module`` computes: see ``QuantModule.compile`` and ``.matmul``."""
     for m in module.modules():
         if isinstance(m, QuantModule):
             m.compile = compile
-            m.fast_matmul = fast_matmul
+            m.matmul = matmul

@@ -2,14 +2,14 @@
 
 import torch
 
-from nerfqat_plugin.quant.fake_quant import (
+from nerfqat_plugin.quant.ops import QuantizeOptions, quantize
+from nerfqat_plugin.quant.rounding import (
     activation_qparams,
-    round_codes,
+    grid,
     round_up_to_bf16,
     weight_codes,
     weight_scale,
 )
-from nerfqat_plugin.quant.ops import quantize
 
 
 def test_activation_qparams_signed_range_8bit():
@@ -35,19 +35,19 @@ def test_round_codes_8bit_clamps_both_ends():
     scale, zp = activation_qparams(torch.tensor(-1.0), torch.tensor(3.0), 255)
     x = torch.tensor([-2.0, -1.0, 0.0, 3.0, 10.0])
     # x/scale = [-127.5, -63.75, 0, 191.25, 637.5] -> round + 64 -> [-64 -> 0, 0, 64, 255, 702 -> 255]
-    assert round_codes(x, scale, zp, 0, 255).tolist() == [0.0, 0.0, 64.0, 255.0, 255.0]
+    assert grid(x, scale, zp, 0, 255).tolist() == [0.0, 0.0, 64.0, 255.0, 255.0]
 
 
 def test_round_codes_4bit_rounds_half_to_even():
     scale, zp = torch.tensor(0.25), torch.tensor(0.0)
     x = torch.tensor([0.125, 0.375, 0.6, 5.0])  # /0.25 = [0.5, 1.5, 2.4, 20]
-    assert round_codes(x, scale, zp, 0, 15).tolist() == [0.0, 2.0, 2.0, 15.0]
+    assert grid(x, scale, zp, 0, 15).tolist() == [0.0, 2.0, 2.0, 15.0]
 
 
 def test_round_codes_2bit():
     scale, zp = torch.tensor(1.0), torch.tensor(1.0)  # codes 0..3 represent -1..2
     x = torch.tensor([-5.0, -0.6, 0.4, 1.4, 9.0])
-    assert (round_codes(x, scale, zp, 0, 3) - zp).tolist() == [-1.0, -1.0, 0.0, 1.0, 2.0]
+    assert (grid(x, scale, zp, 0, 3) - zp).tolist() == [-1.0, -1.0, 0.0, 1.0, 2.0]
 
 
 def test_weight_scale_is_per_output_channel_and_exact_for_powers_of_two():
@@ -80,7 +80,7 @@ def test_round_up_to_bf16_hand_values():
 def test_ste_gradient_is_one_over_scale_inside_and_zero_when_clipped():
     scale, zp = torch.tensor(0.5), torch.tensor(2.0)  # 2-bit codes 0..3 cover [-1, 0.5]
     x = torch.tensor([-3.0, -0.6, 0.0, 0.4, 2.0], requires_grad=True)
-    codes = quantize(x, scale, zp, 3)
+    codes = quantize(x, scale, zp, QuantizeOptions(3))
     assert codes.tolist() == [-2.0, -1.0, 0.0, 1.0, 1.0]
     codes.sum().backward()
     assert x.grad.tolist() == [0.0, 2.0, 2.0, 2.0, 0.0]
@@ -89,5 +89,5 @@ def test_ste_gradient_is_one_over_scale_inside_and_zero_when_clipped():
 def test_fake_quantized_value_is_codes_times_scale():
     scale, zp = activation_qparams(torch.tensor(-1.0), torch.tensor(3.0), 255)
     x = torch.linspace(-1, 3, 101)
-    fq = quantize(x, scale, zp, 255) * scale
+    fq = quantize(x, scale, zp, QuantizeOptions(255)) * scale
     assert (fq - x).abs().max() <= scale / 2 + 1e-6

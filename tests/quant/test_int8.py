@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, set_quant_state
-from nerfqat_plugin.quant.int8 import IntLinear, IntTensor, convert_to_int, onednn_available, set_kernel
+from nerfqat_plugin.quant.dispatch import FUSED, int8_candidates
+from nerfqat_plugin.quant.int8 import IntLinear, IntTensor, convert_to_int, set_kernel
+from nerfqat_plugin.quant.kernels import onednn_available
 
 
 def _trained_mlp(config: QuantConfig, width: int = 64) -> NeRFMLP:
@@ -51,7 +53,10 @@ def test_integer_mlp_is_bit_exact_with_fake_quantization(config, kernel):
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
 @pytest.mark.parametrize("config", CONFIGS, ids=["w8a8", "w8a8-unfused", "w4a8", "w3a6"])
 def test_onednn_kernel_matches_fake_quantization_to_a_code_step(config):
-    """oneDNN rounds its requantization its own way: allow rare one-step differences, nothing more."""
+    """oneDNN rounds its requantization its own way: allow rare one-step differences, nothing more.
+
+    Where oneDNN's product is not exact (x86 without VNNI), "onednn" resolves to an exact kernel: the chosen path.
+    """
     mlp = _trained_mlp(config)
     int_mlp = convert_to_int(copy.deepcopy(mlp))
     set_kernel(int_mlp, "onednn", compile=False)
@@ -61,8 +66,8 @@ def test_onednn_kernel_matches_fake_quantization_to_a_code_step(config):
         hq = mlp.trunk[0](x)
         xi = int_mlp.position_quant(pos)
         hi = int_mlp.trunk[0](xi)
-    assert torch.equal(xi.codes().float() - xi.zero_point, x.codes)  # input quantization is the same function
-    diff = (hi.codes().float() - hi.zero_point - hq.codes).abs()
+    assert torch.equal(xi.codes.float() - xi.zero_point, x.centered)  # input quantization is the same function
+    diff = (hi.codes.float() - hi.zero_point - hq.centered).abs()
     assert diff.max() <= 1 and diff.mean() < 1e-3, (diff.max(), diff.mean())
     (raw, rgb), (raw_i, rgb_i) = _outputs(mlp, pos, dirs), _outputs(int_mlp, pos, dirs)
     # one code step of a 256-wide activation moves a 0..1 colour by far less than 1/255 on average
@@ -84,8 +89,8 @@ def test_integer_layer_matches_dequantized_fp32_oracle():
     codes = torch.randint(-127, 128, (16, 40), dtype=torch.int8)
     w_scale = torch.rand(16) * 0.01 + 1e-3
     bias = torch.randn(16)
-    layer = IntLinear(codes, w_scale, bias, (40,), relu=False, fused=True, out_qparams=None, qmax=255, kernel="int")
-    x = IntTensor(torch.randint(-128, 128, (300, 40), dtype=torch.int8), torch.tensor(0.05), torch.tensor(37.0))
+    layer = IntLinear(codes, w_scale, bias, (40,), None, out_qparams=None, act_qmax=255, weight_qmax=127, kernel="int")
+    x = IntTensor(torch.randint(0, 256, (300, 40), dtype=torch.uint8), torch.tensor(0.05), torch.tensor(37.0))
     oracle = F.linear(x.dequantize(), codes.float() * w_scale[:, None], bias)
     got = layer(x)
     # |y| here is at most ~20; fp32 rounding of a 40-term dot product stays far below 1e-4
@@ -97,3 +102,20 @@ def test_integer_modules_follow_the_model_to_another_dtype_device_call():
     mlp.to("cpu")  # rebuilds the derived kernel layouts; must keep working
     raw, _ = _outputs(mlp, torch.rand(10, 63), torch.rand(10, 27))
     assert raw.shape == (10, 1)
+
+
+EXACT_CANDIDATES = [c for c in int8_candidates(torch.device("cpu"), 255, 127, "auto") if c != FUSED]
+
+
+@pytest.mark.parametrize("product", EXACT_CANDIDATES)
+@pytest.mark.parametrize("config", CONFIGS[:2], ids=["w8a8", "w8a8-unfused"])
+def test_every_exact_product_this_cpu_can_choose_is_bit_exact(config, product, monkeypatch):
+    """Each product ``auto`` may pick here (oneDNN on 7-bit halves on CPUs without VNNI, _int_mm, fp32, ...)."""
+    import nerfqat_plugin.quant.int8 as int8
+
+    monkeypatch.setattr(int8, "int8_kernel", lambda *args: product)
+    mlp = _trained_mlp(config)
+    int_mlp = convert_to_int(copy.deepcopy(mlp))
+    pos, dirs = torch.rand(2, 600, 63) * 2 - 1, torch.rand(2, 600, 27) * 2 - 1
+    for expected, got in zip(_outputs(mlp, pos, dirs), _outputs(int_mlp, pos, dirs), strict=True):
+        assert torch.equal(got, expected), f"{product}: max difference {(got - expected).abs().max().item()}"

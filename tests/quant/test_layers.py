@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nerfqat_plugin.quant import ActQuantizer, QTensor, QuantConfig, QuantLinear, set_quant_state
-from nerfqat_plugin.quant.fake_quant import weight_codes, weight_scale
+from nerfqat_plugin.quant.rounding import weight_codes, weight_scale
 
 
 def test_observer_first_batch_sets_range_then_moves_by_momentum():
@@ -54,7 +54,7 @@ def test_fused_block_quantizes_relu_output_over_zero_to_max():
     y = layer(x)
     assert isinstance(y, QTensor)
     assert layer.out_quant.min_val.item() == 0.0  # the observer saw the ReLU output
-    assert y.codes.min() >= 0 and y.codes.max() <= 255
+    assert y.centered.min() >= 0 and y.centered.max() <= 255
 
 
 def test_unfused_block_wastes_codes_on_the_negative_range():
@@ -71,7 +71,7 @@ def test_unfused_block_wastes_codes_on_the_negative_range():
     assert err_f <= yf.scale / 2 * 1.001 and err_u <= yu.scale / 2 * 1.001
     assert err_u > err_f
     # unfused: after the ReLU the codes stop at zero (the zero point)
-    assert yu.codes.min() == 0
+    assert yu.centered.min() == 0
 
 
 def test_quantized_linear_equals_dequantized_float_reference():
@@ -85,8 +85,8 @@ def test_quantized_linear_equals_dequantized_float_reference():
 def test_code_products_are_exact_integers_in_fp32():
     layer, x = _layer(fused=True), _input()
     w = weight_codes(layer.weight, weight_scale(layer.weight, 127), 127)
-    acc32 = x.codes @ w.T
-    acc64 = x.codes.double() @ w.double().T
+    acc32 = x.centered @ w.T
+    acc64 = x.centered.double() @ w.double().T
     assert torch.equal(acc32.double(), acc64)
 
 

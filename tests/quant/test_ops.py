@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+import torch.utils.checkpoint
 
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.fake_quant import weight_scale
-from nerfqat_plugin.quant.layers import ActQuantizer
-from nerfqat_plugin.quant.ops import OutputQuant, quant_linear
+from nerfqat_plugin.quant.dispatch import TrainPath, train_product_candidates
+from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear, set_quant_state, set_train_kernels
+from nerfqat_plugin.quant.ops import LinearOptions, QuantizeOptions, linear, quantize
+from nerfqat_plugin.quant.rounding import QTensor, weight_scale
 
 
 def _ste(x, scale, zero_point, qmax):
@@ -38,15 +40,22 @@ def _quantizer(lo: float, hi: float) -> ActQuantizer:
     return q
 
 
-@pytest.mark.parametrize("compile,fast", [(False, False), (True, False), (True, True)])
+def _paths():
+    """Every path ``dispatch`` can choose on this CPU for 8-bit codes (the oneDNN product only where it is exact)."""
+    products = train_product_candidates(torch.device("cpu"), 255, 127)
+    return [TrainPath(p, g) for p in products for g in ("fp32", "bf16")]
+
+
+@pytest.mark.parametrize("path", _paths(), ids=lambda p: f"{p.product}-{p.grad}")
+@pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("mode", ["fused", "unfused", "signed"])
-def test_linear_and_quantize_match_plain_autograd(compile, fast, mode):
+def test_linear_and_quantize_match_plain_autograd(compile, path, mode):
     torch.manual_seed(0)
     n, widths, out = 300, (6, 5), 7
-    relu_before, relu_after = mode == "fused", mode == "unfused"
+    relu = {"fused": "fused", "unfused": "unfused", "signed": None}[mode]
     weight = torch.randn(out, sum(widths), requires_grad=True)
     bias = torch.randn(out, requires_grad=True)
-    dtype = torch.bfloat16 if fast else torch.float32
+    dtype = path.codes_dtype
     codes = [torch.randint(0, 256, (n, w)).to(dtype).requires_grad_() for w in widths]
     scales = [torch.tensor(0.02), torch.tensor(0.05)]
     zero_points = [torch.tensor(0.0), torch.tensor(0.0)]
@@ -56,18 +65,18 @@ def test_linear_and_quantize_match_plain_autograd(compile, fast, mode):
 
     leaves = [c.detach().float().requires_grad_() for c in codes]
     inputs = list(zip(leaves, scales, strict=True))
-    ref = _reference(inputs, weight, bias, 127, out_scale, out_zp, relu_before, relu_after)
+    ref = _reference(inputs, weight, bias, 127, out_scale, out_zp, relu == "fused", relu == "unfused")
     ref.backward(grad_out)
     expected = [t.grad.clone() for t in (weight, bias, *leaves)]
     weight.grad = bias.grad = None
 
-    spec = OutputQuant(quantizer, False, relu_before, relu_after)
-    got, scale, zp = quant_linear(codes, scales, zero_points, weight, bias, 127, spec, compile, fast)
-    assert got.dtype == dtype and torch.equal(scale, out_scale) and torch.equal(zp, out_zp)
+    y = linear(codes, list(zip(scales, zero_points, strict=True)), weight, bias, LinearOptions(127, path, compile))
+    got = quantize(y, out_scale, out_zp, QuantizeOptions(255, relu, dtype, compile))
+    assert got.dtype == dtype
     assert torch.equal(got.float(), ref.detach())  # the same codes, bit for bit (also with int8 products)
     got.backward(grad_out.to(dtype))
     for g, e in zip((weight.grad, bias.grad, *(c.grad for c in codes)), expected, strict=True):
-        if fast:  # gradient products with bf16 operands: relative error of a few bf16 steps (2**-8)
+        if path.grad == "bf16":  # gradient products with bf16 operands: relative error of a few bf16 steps (2**-8)
             assert (g.float() - e).norm() <= 2**-6 * e.norm()
         else:
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
@@ -76,32 +85,47 @@ def test_linear_and_quantize_match_plain_autograd(compile, fast, mode):
 @pytest.mark.parametrize("compile", [False, True])
 def test_observer_reads_the_batch_range_before_quantizing(compile):
     torch.manual_seed(1)
-    quantizer = ActQuantizer(QuantConfig())  # uninitialized: the first batch sets the range
-    weight, bias = torch.randn(4, 3), torch.randn(4)
-    codes = torch.randint(0, 256, (50, 3)).float()
-    y = quant_linear([codes], [torch.tensor(0.01)], [None], weight, bias, 127, None, compile)
-    out, scale, _ = quant_linear(
-        [codes], [torch.tensor(0.01)], [None], weight, bias, 127, OutputQuant(quantizer, True, True, False), compile
-    )
+    layer = QuantLinear((3,), 4, QuantConfig(), relu=True).train()  # uninitialized observer: the batch sets it
+    set_quant_state(layer, active=True, observe=True)
+    set_train_kernels(layer, compile, False)
+    x = QTensor(torch.randint(0, 256, (50, 3)).float(), torch.tensor(0.01), torch.tensor(0.0))
+    y = layer.linear([x])
+    out = layer(x)
+    quantizer = layer.out_quant
     assert quantizer.min_val.item() == 0.0 and quantizer.max_val.item() == torch.relu(y).max().item()
-    assert out.max().item() == 255.0 and torch.equal(scale, quantizer.qparams()[0])
+    assert out.centered.max().item() == 255.0 and torch.equal(out.scale, quantizer.qparams()[0])
 
 
 def test_inputs_without_grad_get_none():
     weight = torch.randn(3, 4, requires_grad=True)
     codes = torch.randint(0, 256, (5, 4)).float()
-    y = quant_linear([codes], [torch.tensor(0.1)], [None], weight, torch.zeros(3), 127)
+    y = linear([codes], [(torch.tensor(0.1), torch.tensor(0.0))], weight, torch.zeros(3), LinearOptions(127))
     y.sum().backward()
     assert weight.grad is not None and codes.grad is None
 
 
-def test_fast_codes_product_is_exact_with_signed_inputs():
-    """int8 units (oneDNN on CPU) take ``codes + zero_point`` as uint8: the product must equal the fp32 one."""
+@pytest.mark.parametrize("path", _paths(), ids=lambda p: f"{p.product}-{p.grad}")
+def test_fast_codes_product_is_exact_with_signed_inputs(path):
+    """int8 units (oneDNN on CPU) take ``centered + zero_point`` as uint8: the product must equal the fp32 one."""
     torch.manual_seed(3)
     zero_point = torch.tensor(117.0)
     codes = torch.randint(0, 256, (1000, 63)).float() - zero_point
     weight = torch.randn(5, 63)
-    args = ([codes], [torch.tensor(0.03)], [zero_point], weight, torch.randn(5), 127, None)
-    exact = quant_linear(*args, False, False)
-    fast = quant_linear(*args, False, True)
+    args = ([codes], [(torch.tensor(0.03), zero_point)], weight, torch.randn(5))
+    exact = linear(*args, LinearOptions(127))
+    fast = linear(*args, LinearOptions(127, path))
     assert torch.equal(exact, fast)
+
+
+def test_observer_is_not_updated_again_when_a_checkpointed_forward_is_recomputed():
+    torch.manual_seed(2)
+    layer = QuantLinear((3,), 4, QuantConfig(observer_momentum=0.5), relu=True).train()
+    set_quant_state(layer, active=True, observe=True)
+    weight_before = layer.weight.detach().clone()
+    x = QTensor(torch.randint(0, 256, (50, 3)).float(), torch.tensor(0.01), torch.tensor(0.0))
+    out = torch.utils.checkpoint.checkpoint(lambda c: layer(QTensor(c, x.scale, x.zero_point)).centered, x.centered,
+                                            use_reentrant=False)  # fmt: skip
+    after_forward = layer.out_quant.max_val.clone()
+    out.sum().backward()  # recomputes the forward
+    assert torch.equal(layer.out_quant.max_val, after_forward)
+    assert torch.equal(layer.weight.detach(), weight_before) and layer.weight.grad is not None

@@ -1,0 +1,327 @@
+"""Which kernel runs where: chosen once per process, device and layer shape, from self-checks and timings.
+
+Exactness is checked, never assumed: before oneDNN's int8 product is used, ``onednn_exact`` multiplies a
+worst-case block (codes at their extremes) through it and compares with the exact product. On x86 CPUs without
+VNNI, oneDNN adds pairs of uint8 x int8 products into a saturating int16, so 8-bit activations times 8-bit weights
+overflow there (255 * 127 * 2 > 32767) while 7-bit weights or activations do not; there the product runs on the
+7-bit halves of the activation codes instead (``kernels.onednn_split_product``), where that is exact.
+
+Speed is measured, not assumed: among the exact candidates, a short timing on the layer's own shape (a few
+milliseconds, once per process and shape) picks the fastest; fp32 stays unless another is clearly faster, so no
+choice is slower than fp32. bf16 matrix products, for instance, are several times faster than fp32 on CPUs with
+native bf16 and on GPUs, and about 7x slower on CPUs that emulate them (AVX2).
+
+Each decision is said once on stderr and kept in ``decisions()`` for benchmark reports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from functools import lru_cache
+from typing import Callable, Dict, List, Literal, NamedTuple, Tuple, Union
+
+import torch
+
+from nerfqat_plugin.quant.kernels import (
+    Product,
+    codes_product,
+    grad_product,
+    mm_fp32_out_supported,
+    onednn_available,
+    onednn_prepack,
+    onednn_product,
+)
+
+Kernel = Literal["auto", "onednn", "int", "float"]
+MatmulMode = Union[bool, Literal["auto"]]
+
+PRODUCT_MARGIN = 1.1
+"""An exact product replaces fp32 only when measured at least this many times faster."""
+GRAD_MARGIN = 1.2
+"""bf16 gradient products (which round the gradients) replace fp32 only when at least this many times faster."""
+
+_decisions: Dict[tuple, str] = {}
+
+
+class TrainPath(NamedTuple):
+    """How a fake-quantized Linear multiplies while training."""
+
+    product: Product
+    """The product of codes (forward), one of ``kernels``' exact products."""
+    grad: Literal["bf16", "fp32"]
+    """Operand type of the gradient products (backward)."""
+
+    @property
+    def codes_dtype(self) -> torch.dtype:
+        """What activation codes travel as: bf16 (exact for codes) when the gradient products take bf16."""
+        return torch.bfloat16 if self.grad == "bf16" else torch.float32
+
+
+FP32 = TrainPath("fp32", "fp32")
+
+
+# --- the machine -------------------------------------------------------------------------------------------------
+
+
+def cpu_isa() -> Dict[str, bool]:
+    """The CPU features that decide the fast paths (as PyTorch's cpuinfo reports them)."""
+    caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
+    names = ("avx2", "avx512_f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return {name: bool(caps.get(name, False)) for name in names}
+
+
+def isa_summary() -> str:
+    """One line: the features present, then those absent, e.g. 'avx2 (no avx512_f, avx512_vnni, ...)'."""
+    isa = cpu_isa()
+    have = " ".join(k for k, v in isa.items() if v) or "none of these"
+    lack = [k for k, v in isa.items() if not v]
+    return have + (f" (no {', '.join(lack)})" if lack else "")
+
+
+def machine_report() -> Dict[str, object]:
+    """What benchmarks print beside their numbers: the CPU's ISA and every kernel decision so far."""
+    return {"cpu_isa": cpu_isa(), "kernel_decisions": decisions()}
+
+
+def decisions() -> List[str]:
+    """Every decision made in this process, one line each."""
+    return list(_decisions.values())
+
+
+def _say(key: tuple, line: str) -> None:
+    if key not in _decisions:
+        _decisions[key] = line
+        print(f"nerf-qat: {line}", file=sys.stderr, flush=True)
+
+
+def reset() -> None:
+    """Forget every cached decision and self-check (tests)."""
+    _decisions.clear()
+    _onednn_exact.cache_clear()
+    _train_path.cache_clear()
+    _int8_cache.clear()
+
+
+# --- exactness -----------------------------------------------------------------------------------------------------
+
+
+def onednn_exact(act_qmax: int, weight_qmax: int) -> bool:
+    """Whether oneDNN's int8 product of codes in ``[0, act_qmax]`` and ``[-weight_qmax, weight_qmax]`` is exact here.
+
+    Worst cases: every activation at ``act_qmax`` against rows of ``+weight_qmax``, of ``-weight_qmax`` and of mixed
+    signs, then random codes; several depths (pairs and groups of four are what vector units add first). Checked
+    once per process and pair of ranges.
+    """
+    return _onednn_exact(act_qmax, weight_qmax)
+
+
+@lru_cache(maxsize=None)
+def _onednn_exact(act_qmax: int, weight_qmax: int) -> bool:
+    if not onednn_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    for depth in (27, 64, 256):
+        rows = [torch.full((depth,), float(weight_qmax)), torch.full((depth,), -float(weight_qmax))]
+        rows.append(torch.where(torch.arange(depth) % 2 == 0, float(weight_qmax), -float(weight_qmax)))
+        rows.append(torch.randint(-weight_qmax, weight_qmax + 1, (depth,), generator=generator).float())
+        w = torch.stack(rows)
+        extreme = torch.full((8, depth), float(act_qmax))
+        random = torch.randint(0, act_qmax + 1, (64, depth), generator=generator).float()
+        a = torch.cat([extreme, random])
+        got = onednn_product(a.to(torch.uint8), 0, onednn_prepack(w), w.shape[0])
+        if not torch.equal(got, a @ w.T):
+            return False
+    return True
+
+
+# --- timing --------------------------------------------------------------------------------------------------------
+
+
+def _seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed calls after one warm-up."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def pick(seconds: Dict[str, float], baseline: str, margin: float) -> str:
+    """The fastest candidate, or ``baseline`` unless the fastest beats it by ``margin`` (so never slower)."""
+    best = min(seconds, key=lambda k: seconds[k])
+    return best if best == baseline or seconds[best] * margin <= seconds[baseline] else baseline
+
+
+def _rows(device: torch.device) -> int:
+    return 8192 if device.type == "cuda" else 2048
+
+
+def _fmt(seconds: Dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items())
+
+
+def _where(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu [{isa_summary()}]"
+
+
+# --- which products are exact here --------------------------------------------------------------------------------
+
+
+def integer_products(device: torch.device, act_qmax: int, weight_qmax: int) -> List[Product]:
+    """The integer-unit products that are exact on ``device`` for these code ranges (``kernels`` names them)."""
+    if device.type != "cpu":
+        return []
+    out: List[Product] = ["int_mm"]
+    if onednn_exact(act_qmax, weight_qmax):
+        out.append("onednn")
+    elif act_qmax > 127 and onednn_exact(127, weight_qmax):
+        out.append("onednn_split")
+    return out
+
+
+def float_products(device: torch.device) -> List[Product]:
+    """fp32, and bf16 operands with fp32 results where the device has them: exact for codes of up to 8 bits."""
+    return ["fp32", "bf16"] if mm_fp32_out_supported(device.type) else ["fp32"]
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+
+def train_product_candidates(device: torch.device, act_qmax: int, weight_qmax: int) -> List[Product]:
+    """The exact products of codes training can take on this device, fp32 first (``_int_mm`` is left out: slower
+    than oneDNN wherever both exist)."""
+    return float_products(device) + [p for p in integer_products(device, act_qmax, weight_qmax) if p != "int_mm"]
+
+
+def train_path(
+    device: torch.device, in_features: int, out_features: int, act_qmax: int, weight_qmax: int, mode: MatmulMode
+) -> TrainPath:
+    """How a fake-quantized Linear of this shape multiplies on ``device``.
+
+    ``mode``: False, fp32 throughout; True, the fastest exact product on paper (int8 or bf16) and bf16 gradient
+    products, unmeasured; "auto", measured on this shape (see the module docstring).
+    """
+    if mode is False:
+        return FP32
+    return _train_path(device.type, device.index, in_features, out_features, act_qmax, weight_qmax, mode)
+
+
+@lru_cache(maxsize=None)
+def _train_path(device_type, index, k, n, act_qmax, weight_qmax, mode) -> TrainPath:
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    products = train_product_candidates(device, act_qmax, weight_qmax)
+    if mode is True:
+        return TrainPath(products[-1], "bf16")
+    seconds, grad_seconds = _time_train(device, k, n, act_qmax, weight_qmax, products)
+    path = TrainPath(pick(seconds, "fp32", PRODUCT_MARGIN), pick(grad_seconds, "fp32", GRAD_MARGIN))  # type: ignore[arg-type]
+    _say(
+        ("train", device_type, index, k, n, act_qmax, weight_qmax),
+        f"fake-quantized Linear {k}->{n} on {_where(device)}: codes product {path.product}, gradient products "
+        f"{path.grad} (measured: products {_fmt(seconds)}; gradients {_fmt(grad_seconds)})",
+    )
+    _hint_once(device)
+    return path
+
+
+def _time_train(
+    device: torch.device, k: int, n: int, act_qmax: int, weight_qmax: int, products: List[Product]
+) -> Tuple[Dict[str, float], Dict[str, float]]:
+    g = torch.Generator().manual_seed(0)
+    rows = _rows(device)
+    zero_point = torch.tensor(3.0, device=device)
+    centered = torch.randint(0, act_qmax + 1, (rows, k), generator=g).float().to(device) - zero_point
+    w = torch.randint(-weight_qmax, weight_qmax + 1, (n, k), generator=g).float().to(device)
+    grad = torch.randn(rows, n, generator=g).to(device)
+    candidates = {p: (lambda p=p: codes_product(centered, zero_point, w, p, False)) for p in products}
+    grad16, w16 = grad.bfloat16(), w.bfloat16()
+    grads: Dict[str, Callable[[], object]] = {
+        "fp32": lambda: grad_product(grad, w, torch.float32),
+        "bf16": lambda: grad_product(grad16, w16, torch.bfloat16),
+    }
+    with torch.no_grad():
+        return (
+            {name: _seconds(fn, device) for name, fn in candidates.items()},
+            {name: _seconds(fn, device) for name, fn in grads.items()},
+        )
+
+
+_hinted = False
+
+
+def _hint_once(device: torch.device) -> None:
+    """On a CPU, how to keep OpenMP threads from spinning when other processes share the cores (said once)."""
+    global _hinted
+    if device.type == "cpu" and not os.environ.get("OMP_WAIT_POLICY") and not _hinted:
+        _hinted = True
+        print(
+            "nerf-qat: tip: on a CPU that other processes share, start ns-train with OMP_WAIT_POLICY=PASSIVE "
+            "(idle OpenMP threads then sleep instead of spinning; see the README's CPU notes)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# --- integer export ------------------------------------------------------------------------------------------------
+
+FUSED = "onednn_fused"
+"""The integer export's fused oneDNN kernel: product, bias, ReLU and requantization in one call (oneDNN's rounding)."""
+
+
+def int8_candidates(device: torch.device, act_qmax: int, weight_qmax: int, requested: Kernel) -> List[str]:
+    """What an integer Linear may run for ``requested``: products of ``kernels`` followed by training's epilogue
+    (bit-exact), or ``FUSED`` (only where oneDNN's single product is exact)."""
+    integer = integer_products(device, act_qmax, weight_qmax)
+    fused = [FUSED] if "onednn" in integer else []
+    if requested == "float":
+        return ["fp32"]
+    if requested == "int":
+        return [p for p in integer]
+    if requested == "onednn":
+        return fused
+    return float_products(device) + integer + fused
+
+
+def int8_kernel(
+    device: torch.device,
+    in_features: int,
+    out_features: int,
+    act_qmax: int,
+    weight_qmax: int,
+    requested: Kernel,
+    time_kernel: Callable[[str], Callable[[], object]],
+) -> str:
+    """What an integer Linear of this shape runs on ``device`` for ``requested`` ("auto", "onednn", "int", "float"):
+    a product name of ``kernels`` (then training's epilogue) or ``FUSED``. Several candidates are timed with
+    ``time_kernel(candidate)``, a callable forming the layer's products of codes on a sample batch (or running the
+    whole fused call: it includes its epilogue, the others share theirs); a request that has none here falls back
+    to "auto", said once."""
+    key = (device.type, device.index, in_features, out_features, act_qmax, weight_qmax)
+    if key + (requested,) not in _int8_cache:
+        candidates = int8_candidates(device, act_qmax, weight_qmax, requested)
+        if not candidates:
+            kernel = int8_kernel(device, in_features, out_features, act_qmax, weight_qmax, "auto", time_kernel)
+            _say(key + ("fallback", requested), f"integer kernel {requested!r} is not exact or not available on "
+                 f"{_where(device)}: Linear {in_features}->{out_features} runs {kernel}")  # fmt: skip
+        elif len(candidates) == 1:
+            kernel = candidates[0]
+        else:
+            with torch.no_grad():
+                seconds = {c: _seconds(time_kernel(c), device) for c in candidates}
+            kernel = pick(seconds, candidates[0], PRODUCT_MARGIN)
+            _say(
+                key + (requested,),
+                f"integer Linear {in_features}->{out_features} on {_where(device)} ({requested}): {kernel} "
+                f"(measured: {_fmt(seconds)})",
+            )
+        _int8_cache[key + (requested,)] = kernel
+    return _int8_cache[key + (requested,)]
+
+
+_int8_cache: Dict[tuple, str] = {}

@@ -1,0 +1,152 @@
+"""Kernel choice: exactness self-checks, measured speed, every decision branch forced, and the fallbacks exact."""
+
+import copy
+import time
+
+import pytest
+import torch
+
+from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.quant import QuantConfig, dispatch, set_quant_state, set_train_kernels
+from nerfqat_plugin.quant.dispatch import FP32, TrainPath, int8_kernel, onednn_exact, pick, train_path
+from nerfqat_plugin.quant.int8 import IntLinear, convert_to_int, set_kernel
+from nerfqat_plugin.quant.kernels import onednn_available
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def fresh_decisions():
+    dispatch.reset()
+    yield
+    dispatch.reset()
+
+
+def _vnni() -> bool:
+    isa = dispatch.cpu_isa()
+    return isa["avx512_vnni"] or isa["avx_vnni"] or isa["amx_int8"]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
+def test_onednn_self_check_finds_the_int16_saturation_exactly_where_vnni_is_missing():
+    # without VNNI, pairs of uint8 x int8 products add into a saturating int16: 2 * 255 * 127 > 32767
+    assert onednn_exact(255, 127) == _vnni(), dispatch.isa_summary()
+    # a 7-bit side keeps every pair below 32767 (2 * 127 * 127, 2 * 255 * 63): exact on every x86 CPU
+    assert onednn_exact(127, 127) and onednn_exact(255, 63)
+
+
+def test_pick_keeps_the_baseline_unless_another_is_clearly_faster():
+    assert pick({"fp32": 1.0, "bf16": 7.0}, "fp32", 1.2) == "fp32"  # emulated bf16 (AVX2)
+    assert pick({"fp32": 1.0, "bf16": 0.5}, "fp32", 1.2) == "bf16"  # native bf16
+    assert pick({"fp32": 1.0, "onednn": 0.95}, "fp32", 1.1) == "fp32"  # within the margin: not worth it
+    assert pick({"float": 1.0, "int": 14.0, "onednn": 0.4}, "float", 1.1) == "onednn"
+
+
+def _machine(monkeypatch, exact: bool, products: dict, grads: dict) -> None:
+    """Pretend this CPU's oneDNN self-check says ``exact`` and its timings are ``products`` / ``grads`` (seconds)."""
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: exact and onednn_available())
+
+    def timings(device, k, n, act_qmax, weight_qmax, candidates):
+        assert set(candidates) <= set(products), candidates
+        return {c: products[c] for c in candidates}, dict(grads)
+
+    monkeypatch.setattr(dispatch, "_time_train", timings)
+
+
+def test_avx2_machine_trains_in_fp32(monkeypatch):
+    """No VNNI (oneDNN int8 inexact, not even a candidate), bf16 emulated at 7x the fp32 time."""
+    _machine(monkeypatch, False, {"fp32": 1.0, "onednn": 0.4}, {"fp32": 1.0, "bf16": 7.0})
+    assert train_path(CPU, 256, 256, 255, 127, "auto") == FP32
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
+def test_vnni_bf16_machine_trains_on_int8_and_bf16(monkeypatch):
+    _machine(monkeypatch, True, {"fp32": 1.0, "onednn": 0.4}, {"fp32": 1.0, "bf16": 0.45})
+    assert train_path(CPU, 256, 256, 255, 127, "auto") == TrainPath("onednn", "bf16")
+
+
+def test_explicit_modes(monkeypatch):
+    _machine(monkeypatch, False, {"fp32": 1.0}, {"fp32": 1.0, "bf16": 7.0})
+    assert train_path(CPU, 256, 256, 255, 127, False) == FP32
+    # True: fast on paper, unmeasured, but still only exact products: fp32 codes products where oneDNN is inexact
+    assert train_path(CPU, 256, 256, 255, 127, True) == TrainPath("fp32", "bf16")
+
+
+def test_measured_decision_is_made_once_and_said_once(capsys):
+    first = train_path(CPU, 64, 32, 255, 127, "auto")
+    second = train_path(CPU, 64, 32, 255, 127, "auto")
+    assert first == second
+    err = capsys.readouterr().err
+    assert err.count("fake-quantized Linear 64->32") == 1, err
+    assert "codes product" in err and "measured" in err
+    assert any("64->32" in line for line in dispatch.decisions())
+
+
+def _timings(seconds: dict):
+    """A ``time_kernel`` for ``int8_kernel`` whose candidates take ``seconds`` (a sleep each)."""
+    return lambda candidate: lambda: time.sleep(seconds[candidate])
+
+
+def test_named_integer_kernel_that_is_not_exact_here_falls_back(monkeypatch, capsys):
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: False)
+    timings = _timings({"fp32": 0.002, "int_mm": 0.02})
+    assert int8_kernel(CPU, 64, 32, 255, 127, "onednn", timings) == "fp32"
+    assert "integer kernel 'onednn' is not exact or not available" in capsys.readouterr().err
+    assert int8_kernel(CPU, 64, 32, 255, 127, "int", timings) == "int_mm"  # exact and available: used as asked
+    assert int8_kernel(CPU, 64, 32, 255, 127, "float", timings) == "fp32"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
+def test_integer_kernel_choice_on_each_class_of_cpu(monkeypatch):
+    """Without VNNI: the fused kernel is out, the split oneDNN product is in; with it: the reverse."""
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: a <= 127)  # an AVX2 CPU
+    assert dispatch.int8_candidates(CPU, 255, 127, "auto") == ["fp32", "int_mm", "onednn_split"]
+    assert dispatch.int8_candidates(CPU, 127, 127, "auto") == ["fp32", "int_mm", "onednn", "onednn_fused"]
+    times = {"fp32": 0.004, "int_mm": 0.05, "onednn_split": 0.002, "onednn": 0.001, "onednn_fused": 0.0005}
+    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times)) == "onednn_split"
+    dispatch.reset()
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: True)  # VNNI
+    assert dispatch.int8_candidates(CPU, 255, 127, "auto") == ["fp32", "int_mm", "onednn", "onednn_fused"]
+    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times)) == "onednn_fused"
+    assert int8_kernel(CPU, 256, 256, 255, 127, "int", _timings(times)) == "onednn"
+
+
+def _trained_mlp(config: QuantConfig) -> NeRFMLP:
+    torch.manual_seed(0)
+    mlp = NeRFMLP(63, 27, config, num_layers=3, layer_width=48, skip_layer=1, view_width=24).train()
+    set_quant_state(mlp, active=True, observe=True)
+    for _ in range(2):
+        raw, h = mlp.density(torch.rand(256, 63) * 2 - 1)
+        mlp.color(h, torch.rand(256, 27) * 2 - 1)
+    return mlp.eval()
+
+
+def test_without_vnni_every_chosen_path_gives_the_reference_codes(monkeypatch):
+    """Force the 'no VNNI' decision (also on a VNNI machine): training's fast path and the export's default kernel
+    fall back to exact products and reproduce the reference bit for bit."""
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: False)
+    reference = _trained_mlp(QuantConfig())
+    pos, dirs = torch.rand(500, 63) * 2 - 1, torch.rand(500, 27) * 2 - 1
+    with torch.no_grad():
+        raw_ref, h = reference.density(pos)
+        rgb_ref = reference.color(h, dirs)
+
+        fast = copy.deepcopy(reference)
+        set_train_kernels(fast, compile=False, matmul=True)
+        raw_fast, h = fast.density(pos)
+        assert torch.equal(raw_fast, raw_ref) and torch.equal(fast.color(h, dirs), rgb_ref)
+        assert all(m.train_path(CPU).product != "onednn" for m in fast.modules() if hasattr(m, "train_path"))
+
+        integer = convert_to_int(copy.deepcopy(reference))
+        set_kernel(integer, "onednn", compile=False)
+        raw_int, h = integer.density(pos)
+        assert torch.equal(raw_int, raw_ref) and torch.equal(integer.color(h, dirs), rgb_ref)
+        kernels = {m.resolved_kernel(CPU) for m in integer.modules() if isinstance(m, IntLinear)}
+        assert "onednn" not in kernels, kernels
+
+
+def test_machine_report_names_the_isa_and_the_decisions():
+    train_path(CPU, 16, 8, 255, 127, "auto")
+    report = dispatch.machine_report()
+    assert set(report["cpu_isa"]) >= {"avx2", "avx512_vnni", "avx512_bf16"}
+    assert report["kernel_decisions"] and "16->8" in report["kernel_decisions"][0]
