@@ -1,23 +1,21 @@
 """Benchmark integer inference against fp32 on this machine, as ratios measured in one run.
 
-1. MLP throughput: the default NeRF MLP (595,844 parameters) at one batch size, samples/s of
-   fp32 (quantization off), fake-quantized fp32 (what a QAT run computes), and the integer model
-   (oneDNN int8 Linear, the default on CPU, with its few elementwise steps compiled or eager; and
-   torch._int_mm with a compiled epilogue, bit-exact).
-   Timed repetitions are interleaved; the median is reported.
+1. MLP throughput: the default NeRF MLP (595,844 parameters) at one batch size, samples/s of fp32 (quantization
+   off), fake-quantized fp32 (what a QAT run computes), and the integer model with each kernel setting ("auto",
+   the default, and "int", "float", "onednn" asked for by name; epilogues compiled), plus "auto" eager.
+   Timed repetitions are interleaved; the median is reported, with the kernels each setting ran.
 2. Eval throughput (what ns-eval measures, rays/s over the held-out views): an fp32 run and a QAT run,
    both trained briefly with the default architecture on the demo scene, and the QAT run's int8 export.
    Each pipeline renders one image first (warm-up, includes torch.compile), then the timed pass.
 
-    python scripts/bench_int8.py --output benchmarks/int8_cpu
+    python scripts/bench_int8.py --output benchmarks/int8_cpu_avx2
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,25 +28,9 @@ from typing import Callable, Dict, List
 import torch
 import tyro
 
+from nerfqat_plugin.tools.runs import PRESETS, find_config, machine, machine_line, ns, train_flags
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def machine() -> Dict[str, str]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-    }
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
@@ -67,7 +49,7 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, f
 def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
     from nerfqat_plugin.mlp import NeRFMLP
     from nerfqat_plugin.quant import QuantConfig, set_quant_state
-    from nerfqat_plugin.quant.int8 import convert_to_int, set_kernel
+    from nerfqat_plugin.quant.int8 import IntLinear, convert_to_int, set_kernel
 
     torch.manual_seed(0)
     mlp = NeRFMLP(63, 27, QuantConfig()).train()
@@ -79,38 +61,32 @@ def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
     mlp.eval()
     fp32 = copy.deepcopy(mlp)
     set_quant_state(fp32, active=False, observe=False)
-    int_onednn = convert_to_int(copy.deepcopy(mlp))
-    set_kernel(int_onednn, "onednn", compile=True)
-    int_onednn_eager = convert_to_int(copy.deepcopy(mlp))
-    set_kernel(int_onednn_eager, "onednn", compile=False)
-    int_compiled = convert_to_int(copy.deepcopy(mlp))
-    set_kernel(int_compiled, "int", compile=True)
+    variants = {"fp32": fp32, "fake_quant": mlp}
+    for kernel, compile in (("auto", True), ("int", True), ("float", True), ("onednn", True), ("auto", False)):
+        model = convert_to_int(copy.deepcopy(mlp))
+        set_kernel(model, kernel, compile=compile)  # type: ignore[arg-type]
+        variants[f"int8_{kernel}" + ("" if compile else "_eager")] = model
 
-    def run(m) -> Callable[[], None]:
-        def f() -> None:
+    def run(m) -> Callable[[], torch.Tensor]:
+        def f() -> torch.Tensor:
             with torch.no_grad():
                 raw, h = m.density(pos)
-                m.color(h, dirs)
+                return m.color(h, dirs)
 
         return f
 
     start = time.perf_counter()
-    run(int_compiled)()
+    run(variants["int8_auto"])()
     compile_s = time.perf_counter() - start
-    with torch.no_grad():
-        ref = mlp.color(mlp.density(pos)[1], dirs)
-        exact = torch.equal(ref, int_compiled.color(int_compiled.density(pos)[1], dirs))
-        onednn_rgb_diff = (ref - int_onednn.color(int_onednn.density(pos)[1], dirs)).abs()
-    secs = interleaved(
-        {
-            "fp32": run(fp32),
-            "fake_quant": run(mlp),
-            "int8_onednn": run(int_onednn),
-            "int8_onednn_eager_epilogue": run(int_onednn_eager),
-            "int8_int_mm_compiled": run(int_compiled),
-        },
-        repeats,
-    )
+    reference = run(mlp)()
+    fidelity, kernels = {}, {}
+    for name, model in variants.items():
+        if name.startswith("int8"):
+            diff = (run(model)() - reference).abs()
+            fidelity[name] = {"bit_exact": bool(diff.max() == 0), "rgb_max_abs_diff": float(diff.max())}
+            layers = [m for m in model.modules() if isinstance(m, IntLinear)]
+            kernels[name] = sorted({m.resolved_kernel(torch.device("cpu")) for m in layers})
+    secs = interleaved({k: run(m) for k, m in variants.items()}, repeats)
     rates = {k: batch / v for k, v in secs.items()}
     return {
         "batch": batch,
@@ -118,16 +94,9 @@ def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
         "samples_per_s": rates,
         "speedup_vs_fp32": {k: v / rates["fp32"] for k, v in rates.items()},
         "first_call_with_compile_s": compile_s,
-        "int8_int_mm_bit_exact_with_fake_quant": exact,
-        "int8_onednn_rgb_abs_diff": {"mean": float(onednn_rgb_diff.mean()), "max": float(onednn_rgb_diff.max())},
+        "fidelity_vs_fake_quant": fidelity,
+        "kernels_run": kernels,
     }
-
-
-def ns(*args: str, cwd: Path) -> None:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def eval_rays_per_s(config: Path) -> Dict[str, float]:
@@ -147,18 +116,13 @@ def eval_benchmark(work: Path, steps: int, rays: int, size: int) -> Dict[str, ob
          "--height", str(size * 3 // 4)],
         check=True, capture_output=True,
     )  # fmt: skip
-    common = [
-        "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir", str(work / "outputs"),
-        "--max-num-iterations", str(steps), "--steps-per-save", str(steps), "--steps-per-eval-batch", "100000",
-        "--steps-per-eval-image", "100000", "--steps-per-eval-all-images", "100000",
-        "--pipeline.datamanager.train-num-rays-per-batch", str(rays),
-    ]  # fmt: skip
+    preset = dataclasses.replace(PRESETS["gpu"], rays=rays, quant_start_step=0)  # the default architecture
     data = ["llff-data", "--data", str(scene), "--downscale-factor", "1"]
     configs = {}
     for name, extra in (("fp32", ["--pipeline.model.quant.enabled", "False"]), ("qat", [])):
-        ns("ns-train", "nerf-qat", "--experiment-name", name, *common, *extra, *data, cwd=work)
-        configs[name] = sorted((work / "outputs" / name / "nerf-qat").glob("*/config.yml"))[-1]
-    ns("ns-export-int8", "--load-config", str(configs["qat"]), "--output-dir", str(work / "int8"), cwd=work)
+        ns("ns-train", *train_flags("cpu", work / "outputs", name, steps, preset), *extra, *data, cwd=work)
+        configs[name] = find_config(work / "outputs", name, "nerf-qat")
+    ns("ns-export-int8", "--load-config", configs["qat"], "--output-dir", work / "int8", cwd=work)
     configs["int8_export"] = work / "int8" / "config.yml"
     results = {name: eval_rays_per_s(cfg) for name, cfg in configs.items()}
     base = results["fp32"]["rays_per_s"]
@@ -193,7 +157,7 @@ class BenchInt8:
 
     def main(self) -> None:
         command = "python scripts/bench_int8.py " + " ".join(sys.argv[1:])
-        result: Dict[str, object] = {"command": command.strip(), "machine": machine()}
+        result: Dict[str, object] = {"command": command.strip()}
         print("MLP benchmark ...", flush=True)
         result["mlp"] = mlp_benchmark(self.batch, self.repeats)
         print(json.dumps(result["mlp"], indent=1), flush=True)
@@ -202,6 +166,7 @@ class BenchInt8:
             with tempfile.TemporaryDirectory() as tmp:
                 result["eval"] = eval_benchmark(Path(tmp), self.eval_steps, self.eval_rays, self.eval_size)
             print(json.dumps(result["eval"], indent=1), flush=True)
+        result["machine"] = machine("cpu")  # after the runs: it lists the kernel decisions made
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
         self.output.with_suffix(".md").write_text(report(result))
@@ -209,29 +174,29 @@ class BenchInt8:
 
 
 def report(result: Dict) -> str:
-    m = result["machine"]
     mlp = result["mlp"]
     lines = [
         "# Integer inference vs fp32",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
-        f"GPU: {m['gpu']}",
+        f"Machine: {machine_line(result['machine'])}",
         "",
         f"## MLP throughput (default NeRF MLP, batch {mlp['batch']}, median of {mlp['repeats']})",
         "",
-        "| variant | samples/s | vs fp32 |",
-        "|---|---:|---:|",
+        "| variant | samples/s | vs fp32 | kernels run | vs fake-quantized |",
+        "|---|---:|---:|---|---|",
     ]
     for k, v in mlp["samples_per_s"].items():
-        lines.append(f"| {k} | {v:,.0f} | {mlp['speedup_vs_fp32'][k]:.2f}x |")
+        fid = mlp["fidelity_vs_fake_quant"].get(k)
+        same = (
+            "" if fid is None else ("bit-exact" if fid["bit_exact"] else f"RGB max diff {fid['rgb_max_abs_diff']:.1e}")
+        )
+        kernels = ", ".join(mlp["kernels_run"].get(k, []))
+        lines.append(f"| {k} | {v:,.0f} | {mlp['speedup_vs_fp32'][k]:.2f}x | {kernels} | {same} |")
     lines += [
         "",
-        f"First call of the compiled `_int_mm` variant (includes torch.compile): "
-        f"{mlp['first_call_with_compile_s']:.1f} s. Its output is bit-exact with the fake-quantized model: "
-        f"{mlp['int8_int_mm_bit_exact_with_fake_quant']}. oneDNN variant (rounds its requantization its own way), "
-        f"RGB vs fake-quantized: mean |diff| {mlp['int8_onednn_rgb_abs_diff']['mean']:.2e}, "
-        f"max {mlp['int8_onednn_rgb_abs_diff']['max']:.2e}.",
+        f"First call of int8_auto (includes its kernel timing and torch.compile): "
+        f"{mlp['first_call_with_compile_s']:.1f} s.",
     ]
     if "eval" in result:
         ev = result["eval"]
@@ -247,6 +212,9 @@ def report(result: Dict) -> str:
         ]
         for k, v in ev["results"].items():
             lines.append(f"| {k} | {v['rays_per_s']:,.0f} | {ev['speedup_vs_fp32'][k]:.2f}x | {v['psnr']:.2f} |")
+    decisions = result["machine"].get("kernel_decisions") or []
+    if decisions:
+        lines += ["", "Kernel decisions in this process:", ""] + [f"- {d}" for d in decisions]
     return "\n".join(lines) + "\n"
 
 

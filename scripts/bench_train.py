@@ -14,10 +14,9 @@ with exact fp32 matmuls and with the fast ones, and compares held-out PSNR.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import gc
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import tyro
+
+from nerfqat_plugin.tools.runs import PRESETS, Preset, machine, machine_line, sync, train_step, trainer_config
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
@@ -119,23 +120,14 @@ class BenchTrain:
 
     # --- variants -----------------------------------------------------------------------------------------------
 
-    def _dataparser(self, ndc: bool):
+    def _config(self, base, device: str, preset: Preset, ndc: bool):
         from nerfqat_plugin.llff import LLFFDataParserConfig
 
-        return LLFFDataParserConfig(data=self.data, downscale_factor=self.downscale_factor, ndc=ndc)
-
-    def _common(self, config, device: str, rays: int, ndc: bool):
-        config = copy.deepcopy(config)
-        config.machine.device_type = device
-        config.vis = "tensorboard"
-        config.output_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))
-        config.experiment_name = "bench"
-        config.timestamp = "run"
-        config.max_num_iterations = self.warmup + self.steps + self.quality_steps + 1
-        config.pipeline.datamanager.dataparser = self._dataparser(ndc)
-        config.pipeline.datamanager.train_num_rays_per_batch = rays
-        config.pipeline.model.num_coarse_samples = self.coarse_samples
-        config.pipeline.model.num_importance_samples = self.fine_samples
+        steps = self.warmup + self.steps + self.quality_steps + 1
+        config = trainer_config(base, device, Path(tempfile.mkdtemp(prefix="bench_train_")), steps, preset)
+        config.pipeline.datamanager.dataparser = LLFFDataParserConfig(
+            data=self.data, downscale_factor=self.downscale_factor, ndc=ndc
+        )
         return config
 
     def _pipeline_variants(self, rays: int) -> List[Tuple[str, Callable[[str], object], str]]:
@@ -143,17 +135,21 @@ class BenchTrain:
 
         from nerfqat_plugin.registration import nerf_qat
 
+        preset = dataclasses.replace(
+            PRESETS["gpu"], coarse_samples=self.coarse_samples, fine_samples=self.fine_samples, rays=rays
+        )
+
         def vanilla(device: str):
             from nerfqat_plugin.offline import patch_lpips
 
             patch_lpips()  # vanilla-nerf downloads AlexNet for LPIPS when built; not needed to time training
-            config = self._common(all_methods["vanilla-nerf"], device, rays, ndc=False)
+            config = self._config(all_methods["vanilla-nerf"], device, preset, ndc=False)
             meta = config.pipeline.datamanager.dataparser.setup().get_dataparser_outputs("train").metadata
             config.pipeline.model.collider_params = {"near_plane": meta["near_plane"], "far_plane": meta["far_plane"]}
             return config
 
         def qat(device: str, **model):
-            config = self._common(nerf_qat.config, device, rays, ndc=True)
+            config = self._config(nerf_qat.config, device, preset, ndc=True)
             config.pipeline.model.quant.quant_start_step = 0  # time fake-quantized steps from the first one
             for key, value in model.items():
                 if key == "enabled":
@@ -175,7 +171,7 @@ class BenchTrain:
                 lambda d: qat(d, quant_fast_matmul=False),
                 "compiled fake quantization, fp32 matmuls",
             ),
-            ("nerf-qat w8a8", lambda d: qat(d), "the defaults: compiled, exact int8/bf16 codes products, bf16 grads"),
+            ("nerf-qat w8a8", lambda d: qat(d), "the defaults: compiled, products chosen per machine ('auto')"),
         ]
 
     def _time_trainer(self, config) -> List[float]:
@@ -223,16 +219,15 @@ class BenchTrain:
         """Held-out PSNR after a short fixed run, fast matmuls on and off (same seed, narrow model)."""
         from nerfqat_plugin.registration import nerf_qat
 
+        preset = dataclasses.replace(PRESETS["cpu"], rays=512)
         result: Dict[str, object] = {
             "steps": self.quality_steps,
             "model": f"4x128, 32+32 samples, 512 rays, QAT from step {self.quality_steps // 3}",
         }
-        for fast in (False, True):
+        for fast in (False, "auto"):
             print(f"[quality] {self.quality_steps} steps, fast matmuls {fast}", flush=True)
-            config = self._common(nerf_qat.config, device, 512, ndc=True)
+            config = self._config(nerf_qat.config, device, preset, ndc=True)
             model = config.pipeline.model
-            model.num_layers, model.layer_width, model.skip_layer, model.view_width = 4, 128, 2, 64
-            model.num_coarse_samples = model.num_importance_samples = 32
             model.quant_fast_matmul = fast
             model.quant.quant_start_step = self.quality_steps // 3  # fp32 warm-up, then fake quantization
             config.optimizers["fields"]["scheduler"].max_steps = self.quality_steps
@@ -246,46 +241,12 @@ class BenchTrain:
             seconds = time.perf_counter() - start
             trainer.pipeline.eval()
             metrics = trainer.pipeline.get_average_eval_image_metrics()
-            key = "fast" if fast else "fp32"
+            key = "fast" if fast else "fp32"  # "fast": what 'auto' chose on this machine
             result[key] = {"psnr": float(metrics["psnr"]), "ssim": float(metrics["ssim"]), "train_s": seconds}
             del trainer
             gc.collect()
         result["psnr_difference_db"] = result["fast"]["psnr"] - result["fp32"]["psnr"]  # type: ignore[index]
         return result
-
-
-def train_step(trainer, step: int) -> Dict[str, object]:
-    """One ns-train step: the callbacks that run before an iteration, then ``Trainer.train_iteration``."""
-    from nerfstudio.engine.callbacks import TrainingCallbackLocation
-
-    for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    _, _, metrics = trainer.train_iteration(step)
-    return metrics
-
-
-def sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def machine(device: str) -> Dict[str, object]:
-    """What a benchmark ran on (the report's Machine line)."""
-    info: Dict[str, object] = {
-        "device": device,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        lines = open("/proc/cpuinfo").read().splitlines()
-        info["cpu_model"] = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def ratios(rows: List[Dict[str, object]]) -> Dict[str, float]:
@@ -315,7 +276,7 @@ def report(result: Dict[str, object]) -> str:
         "# Training throughput",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {json.dumps(result['machine'])}  ",
+        f"Machine: {machine_line(result['machine'])}  ",
         f"Settings: {s['rays_per_batch']} rays per batch, {s['coarse_samples']}+{s['fine_samples']} samples "  # type: ignore[index]
         f"({s['mlp_samples_per_ray']} MLP samples per ray), default 8x256 MLP, median of {s['timed_steps']} steps "  # type: ignore[index]
         f"after {s['warmup_steps']} warm-up steps, one process.",  # type: ignore[index]
@@ -336,9 +297,12 @@ def report(result: Dict[str, object]) -> str:
         lines += [
             "",
             f"Quality check ({q['steps']} steps, {q['model']}, held-out views): "  # type: ignore[index]
-            f"fp32 matmuls PSNR {q['fp32']['psnr']:.3f} dB, fast matmuls {q['fast']['psnr']:.3f} dB, "  # type: ignore[index]
+            f"fp32 matmuls PSNR {q['fp32']['psnr']:.3f} dB, 'auto' matmuls {q['fast']['psnr']:.3f} dB, "  # type: ignore[index]
             f"difference {q['psnr_difference_db']:+.3f} dB.",  # type: ignore[index]
         ]
+    decisions = result["machine"].get("kernel_decisions") or []  # type: ignore[union-attr]
+    if decisions:
+        lines += ["", "Kernel choices of 'auto' in this run:", ""] + [f"- {d}" for d in decisions]
     return "\n".join(lines) + "\n"
 
 

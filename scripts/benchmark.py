@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,17 +27,10 @@ from typing import Dict, List, Literal, Optional, Tuple
 import torch
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import machine  # noqa: E402
+from nerfqat_plugin.tools.runs import CommandFailed, machine, run, tool
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
-BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    """A console script of this environment (beside the interpreter, else on PATH)."""
-    return str(BIN / name) if (BIN / name).exists() else (shutil.which(name) or name)
 
 
 @dataclass(frozen=True)
@@ -127,7 +118,7 @@ class Benchmark:
             print(f"[{i + 1}/{len(self.variants)}] {name} ({time.time() - start:.0f} s so far)", flush=True)
             try:
                 rows.append(self._variant(name, preset, steps, device, work / name))
-            except RuntimeError as err:
+            except CommandFailed as err:
                 print(f"  {name} failed: {err}", flush=True)
                 rows.append({"variant": name, "error": str(err)})
             # after every variant, so a stopped run keeps what it measured
@@ -261,16 +252,6 @@ class Benchmark:
             fig.tight_layout()
             fig.savefig(out.parent / f"{out.name}_size_psnr.png", dpi=80)
             plt.close(fig)
-
-
-def run(cmd: List[str], log: Path) -> None:
-    """Run ``cmd`` with its output in ``log``; RuntimeError with the log's tail if it fails."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(True)[-15:])
-        raise RuntimeError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} exited {proc.returncode}, see {log}:\n{tail}")
 
 
 def evaluate(evaluator: List[str], config: Path, output: Path, log: Path) -> Dict[str, Optional[float]]:

@@ -7,45 +7,29 @@ Everything goes under --workdir (default demo/): the scene, the run, the export,
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import tyro
 
+from nerfqat_plugin.tools.runs import PRESETS, CommandFailed, ns, train_flags
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
-CPU_SETTINGS = [
-    "--max-num-iterations", "1100",
-    "--pipeline.model.num-layers", "4",
-    "--pipeline.model.layer-width", "128",
-    "--pipeline.model.skip-layer", "2",
-    "--pipeline.model.view-width", "64",
-    "--pipeline.model.num-coarse-samples", "32",
-    "--pipeline.model.num-importance-samples", "32",
-    "--pipeline.datamanager.train-num-rays-per-batch", "512",
-    "--optimizers.fields.scheduler.max-steps", "1100",
-]  # fmt: skip
-"""Small network and batches: the CPU demo finishes in about 5 minutes on 2 cores."""
-GPU_SETTINGS = ["--max-num-iterations", "20000", "--optimizers.fields.scheduler.max-steps", "20000"]
-"""The full original architecture (8x256, 64+128 samples, 1024 rays)."""
-
-
-def run(*args: str, log: Path) -> None:
-    """Run a console script from this environment, its output into ``log``; exit with its tail on failure."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    with open(log, "w") as f:
-        proc = subprocess.run([str(BIN / args[0]), *args[1:]], stdout=f, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"{args[0]} failed, see {log}:\n" + "".join(log.read_text().splitlines(True)[-20:]))
+SETTINGS = {
+    "cpu": (dataclasses.replace(PRESETS["cpu"], rays=512), 1100),
+    "cuda": (PRESETS["gpu"], 20000),
+}
+"""Preset and steps per device: on a CPU a small network and batches (about 5 minutes on 2 cores), on CUDA the
+full original architecture (8x256, 64+128 samples, 1024 rays)."""
 
 
 @dataclass
@@ -68,28 +52,28 @@ class Demo:
         print(f"[1/5] writing the demo scene to {scene}", flush=True)
         subprocess.run([sys.executable, str(REPO / "scripts/make_demo_scene.py"), "--output", str(scene)], check=True)
 
-        settings: List[str] = CPU_SETTINGS if device == "cpu" else GPU_SETTINGS
+        preset, steps = SETTINGS["cpu" if device == "cpu" else "cuda"]
         print(f"[2/5] training nerf-qat on {device} (log: {work / 'train.log'})", flush=True)
-        run(
-            "ns-train", "nerf-qat", "--machine.device-type", device, "--vis", "tensorboard",
-            "--output-dir", str(work / "outputs"), "--experiment-name", "demo", "--timestamp", "run",
-            "--steps-per-eval-image", "100000", "--steps-per-eval-all-images", "100000",
-            *settings, "llff-data", "--data", str(scene), "--downscale-factor", "1",
-            log=work / "train.log",
-        )  # fmt: skip
-        config = work / "outputs/demo/nerf-qat/run/config.yml"
-        export = work / "export-int8"
-        print(f"[3/5] exporting int8 weights to {export}", flush=True)
-        run("ns-export-int8", "--load-config", str(config), "--output-dir", str(export), log=work / "export.log")
+        try:
+            flags = train_flags(device, work / "outputs", "demo", steps, preset, timestamp="run")
+            schedule = ["--optimizers.fields.scheduler.max-steps", str(steps)]
+            data = ["llff-data", "--data", scene, "--downscale-factor", "1"]
+            ns("ns-train", *flags, *schedule, *data, log=work / "train.log")
+            config = work / "outputs/demo/nerf-qat/run/config.yml"
+            export = work / "export-int8"
+            print(f"[3/5] exporting int8 weights to {export}", flush=True)
+            ns("ns-export-int8", "--load-config", config, "--output-dir", export, log=work / "export.log")
 
-        print("[4/5] evaluating the trained (fake-quantized) run and the int8 export", flush=True)
-        results: Dict[str, Dict[str, float]] = {}
-        for name, cfg in (("trained", config), ("int8", export / "config.yml")):
-            out = work / f"eval-{name}.json"
-            renders = work / f"renders-{name}"
-            run("ns-eval", "--load-config", str(cfg), "--output-path", str(out), "--render-output-path",
-                str(renders), log=work / f"eval-{name}.log")  # fmt: skip
-            results[name] = json.loads(out.read_text())["results"]
+            print("[4/5] evaluating the trained (fake-quantized) run and the int8 export", flush=True)
+            results: Dict[str, Dict[str, float]] = {}
+            for name, cfg in (("trained", config), ("int8", export / "config.yml")):
+                out = work / f"eval-{name}.json"
+                renders = work / f"renders-{name}"
+                ns("ns-eval", "--load-config", cfg, "--output-path", out, "--render-output-path", renders,
+                   log=work / f"eval-{name}.log")  # fmt: skip
+                results[name] = json.loads(out.read_text())["results"]
+        except CommandFailed as err:
+            sys.exit(str(err))
 
         print("[5/5] summary", flush=True)
         weights = export / "model.safetensors"

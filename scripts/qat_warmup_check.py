@@ -10,7 +10,7 @@ Prints the PSNR history and the fine MLP's trunk activation ranges (observer max
 
 from __future__ import annotations
 
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +19,19 @@ from typing import List, Optional
 import torch
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train  # noqa: E402
+from nerfqat_plugin.tools.runs import PRESETS, train_step, trainer_config
 
+FERN = Path(__file__).resolve().parents[2] / "shared/data/nerf_llff_data/fern"
 SCHEDULES = {
-    "fast": dict(fast=True, compile=True, start=0),
+    "fast": dict(fast="auto", compile=True, start=0),
     "exact-eager": dict(fast=False, compile=False, start=0),
-    "fast-warmup300": dict(fast=True, compile=True, start=300),
+    "fast-warmup300": dict(fast="auto", compile=True, start=300),
 }
 
 
 @dataclass
 class WarmupCheck:
-    data: Path = bench_train.FERN
+    data: Path = FERN
     """The fern folder."""
     steps: int = 800
     """Training steps per schedule."""
@@ -41,14 +41,15 @@ class WarmupCheck:
     """cpu or cuda; default: cuda when available."""
 
     def main(self) -> None:
+        from nerfqat_plugin.llff import LLFFDataParserConfig
         from nerfqat_plugin.registration import nerf_qat
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         for name in self.schedules:
             s = SCHEDULES[name]
-            bench = bench_train.BenchTrain(data=self.data, downscale_factor=8, warmup=0, steps=self.steps)
-            bench.quality_steps = 0
-            config = bench._common(nerf_qat.config, device, 1024, ndc=True)
+            work = Path(tempfile.mkdtemp(prefix="qat_warmup_"))
+            config = trainer_config(nerf_qat.config, device, work, self.steps, PRESETS["gpu"])
+            config.pipeline.datamanager.dataparser = LLFFDataParserConfig(data=self.data, downscale_factor=8)
             model = config.pipeline.model
             model.quant_fast_matmul, model.quant_compile = s["fast"], s["compile"]
             model.quant.quant_start_step = s["start"]
@@ -58,7 +59,7 @@ class WarmupCheck:
             trainer.setup()
             start, history = time.time(), []
             for step in range(self.steps):
-                metrics = bench_train.train_step(trainer, step)
+                metrics = train_step(trainer, step)
                 if step % 50 == 0 or step == self.steps - 1:
                     history.append(f"{step}:{float(metrics['psnr']):.2f}")
             ranges = [round(float(layer.out_quant.max_val), 2) for layer in trainer.pipeline.model.field_fine.mlp.trunk]

@@ -20,7 +20,9 @@ from typing import Optional
 
 import tyro
 
-REPO = Path(__file__).resolve().parents[1]
+from nerfqat_plugin.tools.browser import FULL_RES, chromium, missing_browser, viewer_server
+from nerfqat_plugin.tools.runs import PRESETS, find_config, ns, train_flags
+from nerfqat_plugin.tools.scenes import write_blender_scene
 
 
 @dataclass
@@ -37,11 +39,6 @@ class ViewerScreenshots:
     """config.yml of an existing trained run to show (e.g. the demo's) instead of training the tiny model."""
 
     def main(self) -> None:
-        sys.path.insert(0, str(REPO))  # the helpers the tests use
-        from tests.conftest import find_config, ns, train_args
-        from tests.scenes import write_blender_scene
-        from tests.viewer_browser import FULL_RES, chromium, missing_browser, viewer_server
-
         if missing_browser():
             sys.exit(missing_browser())
         self.output.mkdir(parents=True, exist_ok=True)
@@ -52,10 +49,10 @@ class ViewerScreenshots:
             else:
                 scene = write_blender_scene(work / "scene", size=32, views=4)
                 print(f"training {self.steps} steps", flush=True)
-                args = train_args(work / "outputs", self.steps, ["blender-data", "--data", str(scene)])
-                ns("ns-train", *args, cwd=work)
-                config = find_config(work / "outputs")
-            ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(work / "int8"), cwd=work)
+                flags = train_flags("cpu", work / "outputs", "tiny", self.steps, PRESETS["tiny"])
+                ns("ns-train", *flags, "blender-data", "--data", scene, cwd=work)
+                config = find_config(work / "outputs", "tiny", "nerf-qat")
+            ns("ns-export-int8", "--load-config", config, "--output-dir", work / "int8", cwd=work)
             for name, cfg in (("trained", config), ("int8", work / "int8" / "config.yml")):
                 start = time.monotonic()
                 with viewer_server(cfg, work / f"viewer-{name}.log") as server, chromium(work / name) as page:

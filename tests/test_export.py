@@ -15,7 +15,8 @@ from safetensors import safe_open
 from nerfqat_plugin.int8_format import FORMAT_VERSION, WEIGHTS_FILE, Int8ExportError, mlp_tensors, read_file, write_file
 from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig
-from tests.conftest import ns
+from nerfqat_plugin.tools.runs import CommandFailed
+from tests.conftest import run_ns
 
 
 @pytest.mark.parametrize("bits,limit", [(8, 1_230_000), (4, 640_000)])
@@ -64,7 +65,7 @@ def test_eval_of_export_matches_fake_quantized_run_without_the_original_checkpoi
     exported_run: Path, trained_run: Path, tmp_path: Path
 ):
     def evaluate(config: Path, name: str) -> dict:
-        ns("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / name), cwd=tmp_path)
+        run_ns("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / name), cwd=tmp_path)
         return json.loads((tmp_path / name).read_text())["results"]
 
     fq = evaluate(trained_run, "fq.json")
@@ -87,7 +88,7 @@ def test_eval_of_export_matches_fake_quantized_run_without_the_original_checkpoi
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ns-render needs ffmpeg: apt-get install ffmpeg")
 def test_ns_render_from_export(exported_run: Path, tmp_path: Path):
     out = tmp_path / "render"
-    ns(
+    run_ns(
         "ns-render", "interpolate", "--load-config", str(exported_run / "config.yml"), "--output-path", str(out),
         "--output-format", "images", "--interpolation-steps", "1", "--rendered-output-names", "rgb", "depth",
         cwd=tmp_path,
@@ -158,20 +159,20 @@ def test_eval_of_export_with_mismatched_metadata_fails_with_one_clear_line(expor
     config.pipeline.model.int8_weights = out / WEIGHTS_FILE
     config.output_dir = out
     cfg.write_text(yaml.dump(config))
-    with pytest.raises(AssertionError, match="does not match the config"):
-        ns("ns-eval", "--load-config", str(cfg), "--output-path", str(tmp_path / "x.json"), cwd=tmp_path)
+    with pytest.raises(CommandFailed, match="does not match the config"):
+        run_ns("ns-eval", "--load-config", str(cfg), "--output-path", str(tmp_path / "x.json"), cwd=tmp_path)
 
 
 def test_export_cli_errors_leave_no_partial_output(tmp_path: Path, exported_run: Path, trained_run: Path):
     missing = tmp_path / "missing" / "config.yml"
-    with pytest.raises(AssertionError, match="config file not found"):
-        ns("ns-export-int8", "--load-config", str(missing), "--output-dir", str(tmp_path / "o1"), cwd=tmp_path)
+    with pytest.raises(CommandFailed, match="config file not found"):
+        run_ns("ns-export-int8", "--load-config", str(missing), "--output-dir", str(tmp_path / "o1"), cwd=tmp_path)
     assert not (tmp_path / "o1").exists()
-    with pytest.raises(AssertionError, match="already exists"):
-        ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(exported_run), cwd=tmp_path)
+    with pytest.raises(CommandFailed, match="already exists"):
+        run_ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(exported_run), cwd=tmp_path)
     assert struct.unpack("<Q", (exported_run / WEIGHTS_FILE).read_bytes()[:8])[0] > 0  # untouched, still valid
-    with pytest.raises(AssertionError, match="holds the run being exported"):
-        ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(trained_run.parent.parent),
+    with pytest.raises(CommandFailed, match="holds the run being exported"):
+        run_ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(trained_run.parent.parent),
            "--overwrite", cwd=tmp_path)  # fmt: skip
     assert trained_run.is_file()
 

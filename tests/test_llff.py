@@ -11,8 +11,9 @@ import torch
 from nerfstudio.data.dataparsers.base_dataparser import transform_poses_to_original_space
 
 from nerfqat_plugin.llff import LLFFDataParserConfig, average_pose, llff_to_opengl
-from tests.conftest import find_config, ns, train_args
-from tests.scenes import write_llff_scene
+from nerfqat_plugin.tools.runs import CommandFailed, find_config
+from nerfqat_plugin.tools.scenes import write_llff_scene
+from tests.conftest import run_ns, train_args
 
 FERN = Path(__file__).parents[2] / "shared/data/nerf_llff_data/fern"
 needs_fern = pytest.mark.skipif(not (FERN / "poses_bounds.npy").is_file(), reason=f"fern scene not found at {FERN}")
@@ -159,8 +160,9 @@ def test_unreadable_image_is_named(tmp_path):
 def test_ns_train_ends_with_the_message(tmp_path):
     root = write_llff_scene(tmp_path / "scene")
     (root / "poses_bounds.npy").unlink()
-    with pytest.raises(AssertionError) as failure:
-        ns("ns-train", *train_args(tmp_path / "out", 1, ["llff-data", "--data", str(root)]), cwd=tmp_path, timeout=60)
+    args = train_args(tmp_path / "out", 1, ["llff-data", "--data", str(root)])
+    with pytest.raises(CommandFailed) as failure:
+        run_ns("ns-train", *args, cwd=tmp_path, timeout=60)
     last_line = str(failure.value).strip().splitlines()[-1]
     assert last_line.startswith("FileNotFoundError:") and "poses_bounds.npy not found" in last_line
 
@@ -183,9 +185,9 @@ def test_fern_splits_and_sizes(factor, size):
 @needs_fern
 def test_fern_cli_train_and_eval(tmp_path):
     args = train_args(tmp_path / "outputs", 3, ["llff-data", "--data", str(FERN), "--downscale-factor", "16"])
-    ns("ns-train", *args, cwd=tmp_path, timeout=120)
-    config = find_config(tmp_path / "outputs")
+    run_ns("ns-train", *args, cwd=tmp_path, timeout=120)
+    config = find_config(tmp_path / "outputs", "tiny", "nerf-qat")
     output = tmp_path / "eval.json"
-    ns("ns-eval", "--load-config", str(config), "--output-path", str(output), cwd=tmp_path, timeout=120)
+    run_ns("ns-eval", "--load-config", str(config), "--output-path", str(output), cwd=tmp_path, timeout=120)
     results = json.loads(output.read_text())["results"]
     assert np.isfinite(results["psnr"])

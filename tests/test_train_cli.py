@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from tests.conftest import BIN, ns
+from nerfqat_plugin.tools.runs import BIN
+from tests.conftest import run_ns
 
 
 def test_method_is_listed_with_help():
@@ -38,12 +39,12 @@ def test_checkpoint_loads_with_weights_only(trained_run: Path):
 
 def test_ns_eval_reports_quality_and_size(trained_run: Path, tmp_path: Path):
     out = tmp_path / "eval.json"
-    proc = ns("ns-eval", "--load-config", str(trained_run), "--output-path", str(out), cwd=tmp_path)
+    output = run_ns("ns-eval", "--load-config", str(trained_run), "--output-path", str(out), cwd=tmp_path)
     results = json.loads(out.read_text())["results"]
     for key in ("psnr", "ssim", "num_params", "model_bytes_fp32", "model_bytes_quantized"):
         assert key in results, key
     assert "lpips" not in results  # offline: left out, never made up
-    assert "LPIPS not computed" in proc.stdout + proc.stderr
+    assert "LPIPS not computed" in output
     assert results["model_bytes_fp32"] == 4 * results["num_params"]
     assert results["model_bytes_quantized"] < results["model_bytes_fp32"] / 2
 

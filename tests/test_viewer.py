@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pytest
 
-from tests.viewer_browser import (
+from nerfqat_plugin.tools.browser import (
     ExpectedFrames,
     Frame,
     ViewerPage,

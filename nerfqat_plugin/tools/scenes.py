@@ -1,4 +1,4 @@
-"""Tiny scenes written by the tests themselves (no downloaded data)."""
+"""Tiny scenes the tests and scripts write themselves (no downloaded data): Blender and LLFF formats."""
 
 from __future__ import annotations
 

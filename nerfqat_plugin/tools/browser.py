@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from PIL import Image
+
+from nerfqat_plugin.tools.runs import command_env, tool
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -40,7 +41,6 @@ BROWSER_FLAGS = [
     # the loopback address, so the browser never leaves this machine.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
-BIN = Path(sys.executable).parent
 
 # The camera of a fresh viewer tab in nerfstudio world coordinates: viser's client puts its three.js camera (vertical
 # field of view 75 degrees, the three.js default) 3 viser units from the origin along each axis, looking at the
@@ -107,9 +107,9 @@ def _serves(url: str) -> bool:
 def viewer_server(config: Path, log: Path, timeout: float = 180.0) -> Iterator[ViewerServer]:
     """Start ``ns-viewer`` on ``config``, wait until it serves its page, and stop it (and its children) on exit."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    env = command_env()
     args = [
-        str(BIN / "ns-viewer"),
+        tool("ns-viewer"),
         "--load-config", str(config),
         "--viewer.websocket-host", "127.0.0.1",
         "--viewer.websocket-port", str(port),
