@@ -18,8 +18,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check nerfqat_plugin tests scripts
-	$(BIN)/ruff format --check nerfqat_plugin tests scripts
+	$(BIN)/ruff check nerfqat_plugin tests scripts docs
+	$(BIN)/ruff format --check nerfqat_plugin tests scripts docs
 
 # Chromium + chromedriver (browser test of the viewer) and ffmpeg (ns-render), from Debian when apt is there.
 system-deps:

@@ -1,21 +1,22 @@
 """ns-export-int8: write a trained nerf-qat run as integer weights in a small, self-contained nerfstudio run.
 
-The output directory holds ``model.safetensors`` (the integer weights, see ``int8_format``), a ``config.yml``
-that ns-eval, ns-render and ns-viewer load, and a ``nerfstudio_models/`` checkpoint that holds only the step
-(nerfstudio's loaders expect one); the trained fp32 weights are not copied.
+The output directory holds ``model.safetensors`` (the integer weights, see ``int8_format``), ``cameras.json`` (the
+scene without its images, see ``scene_record``), a ``config.yml`` that ns-eval, ns-render and ns-viewer load, and a
+``nerfstudio_models/`` checkpoint that holds only the step (nerfstudio's loaders expect one); the trained fp32
+weights are not copied. The folder can be copied or moved: its config finds everything relative to itself.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
+import json
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import tyro
@@ -26,36 +27,53 @@ from rich.table import Table
 
 from nerfqat_plugin.int8_format import WEIGHTS_FILE, Int8ExportError, architecture, mlp_tensors, write_file
 from nerfqat_plugin.quant.layers import QuantLinear
+from nerfqat_plugin.scene_record import (
+    RECORD_FILE,
+    SPLITS,
+    ExportSceneDataParserConfig,
+    SceneRecordError,
+    record_bytes,
+    scene_record,
+    sha256,
+)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    """Metadata from the dataparser, reduced to what JSON can hold."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return str(value)
+def _folder_being_loaded() -> Optional[Path]:
+    """The folder of the config.yml that nerfstudio's ``eval_setup`` is reading, from its ``config_path`` argument
+    on the call stack: a loaded config has no other way to learn where it lies (nerfstudio 1.1.5 reads the YAML
+    text and passes no path along), and every nerfstudio tool (ns-eval, ns-render, ns-viewer) loads through it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "eval_setup" and "config_path" in frame.f_locals:
+            return Path(frame.f_locals["config_path"]).resolve().parent
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 @dataclass
 class Int8ExportTrainerConfig(TrainerConfig):
-    """Config of an integer export: its base directory is the export directory itself (where config.yml is),
-    so nerfstudio's tools (ns-viewer creates the base directory) find everything inside it."""
+    """Config of an integer export. Its base directory is the export folder itself, and when nerfstudio loads it the
+    weights, the camera record and the checkpoint stub are found in the folder the config.yml lies in now, so an
+    export can be copied or moved (see ``relocate``)."""
 
     def get_base_dir(self) -> Path:
         return Path(self.output_dir)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:  # how PyYAML fills the object when config.yml is read
+        self.__dict__.update(state)
+        folder = _folder_being_loaded()
+        if folder is not None:
+            self.relocate(folder)
+
+    def relocate(self, folder: Path) -> None:
+        """Point the config at the files inside ``folder`` (the export folder)."""
+        self.output_dir = folder
+        model = self.pipeline.model
+        model.int8_weights = folder / Path(model.int8_weights or WEIGHTS_FILE).name
+        parser = self.pipeline.datamanager.dataparser
+        if isinstance(parser, ExportSceneDataParserConfig):
+            parser.record = folder / Path(parser.record).name
+            parser.weights = model.int8_weights
 
 
 @dataclass
@@ -72,7 +90,7 @@ class ExportInt8:
     def main(self) -> None:
         try:
             self.run()
-        except (Int8ExportError, FileNotFoundError, FileExistsError, ValueError) as err:
+        except (Int8ExportError, SceneRecordError, FileNotFoundError, FileExistsError, ValueError) as err:
             CONSOLE.print(f"[bold red]ns-export-int8: {err}")
             sys.exit(1)
 
@@ -83,6 +101,12 @@ class ExportInt8:
 
         if not self.load_config.is_file():
             raise FileNotFoundError(f"{self.load_config}: config file not found (pass the run's config.yml)")
+        saved = yaml.load(self.load_config.read_text(), Loader=yaml.Loader)
+        if not isinstance(saved, TrainerConfig) or saved.method_name != "nerf-qat":
+            method = getattr(saved, "method_name", None)
+            raise ValueError(f"{self.load_config}: a config of method {method!r}, not nerf-qat (pass a nerf-qat run)")
+        if isinstance(saved, Int8ExportTrainerConfig):
+            raise ValueError(f"{self.load_config}: this run is already an integer export")
         out = self.output_dir
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"{out}: exists and is not a directory (choose another --output-dir)")
@@ -93,10 +117,7 @@ class ExportInt8:
 
         config, pipeline, ckpt_path, step = eval_setup(self.load_config, test_mode="inference")
         model = pipeline.model
-        if not isinstance(model, NeRFQATModel):
-            raise ValueError(f"{self.load_config}: method {config.method_name!r} is not nerf-qat")
-        if model.config.int8_weights is not None:
-            raise ValueError(f"{self.load_config}: this run is already an integer export")
+        assert isinstance(model, NeRFQATModel)
         quant = model.config.quant
         if not quant.enabled or step < quant.quant_start_step:
             CONSOLE.print(
@@ -109,6 +130,8 @@ class ExportInt8:
             tensors.update(mlp_tensors(mlp, prefix, quant))
 
         outputs = pipeline.datamanager.train_dataparser_outputs
+        data = Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)
+        record = record_bytes(scene_record(self._splits(pipeline.datamanager), data))
         metadata = {
             "architecture": architecture(model.config, model.field_coarse.encoding),
             "quant": dataclasses.asdict(quant),
@@ -116,9 +139,10 @@ class ExportInt8:
                 "transform": outputs.dataparser_transform.tolist(),
                 "scale": float(outputs.dataparser_scale),
             },
-            "scene": _jsonable(model.kwargs.get("metadata") or {}),
+            "scene": json.loads(record)["metadata"],
+            "scene_record_sha256": sha256(record),
             "step": int(step),
-            "source_checkpoint_sha256": _sha256(ckpt_path),
+            "source_checkpoint_sha256": sha256(Path(ckpt_path).read_bytes()),
         }
 
         out_abs = out.resolve()
@@ -126,11 +150,14 @@ class ExportInt8:
         staging = Path(tempfile.mkdtemp(prefix=f".{out_abs.name}.", dir=out_abs.parent))
         try:
             write_file(staging / WEIGHTS_FILE, tensors, metadata)
+            (staging / RECORD_FILE).write_bytes(record)
             (staging / "nerfstudio_models").mkdir()
             torch.save({"step": int(step), "pipeline": {}}, staging / "nerfstudio_models" / f"step-{step:09d}.ckpt")
-            (staging / "config.yml").write_text(yaml.dump(self._export_config(config, out_abs)), "utf8")
+            export_config = self._export_config(config, data)
+            (staging / "config.yml").write_text(yaml.dump(export_config), "utf8")
             staging.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-            (staging / WEIGHTS_FILE).chmod(0o644)
+            for name in (WEIGHTS_FILE, RECORD_FILE):
+                (staging / name).chmod(0o644)
             if out_abs.exists():
                 shutil.rmtree(out_abs)
             staging.rename(out_abs)
@@ -138,22 +165,39 @@ class ExportInt8:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-        self._print_table(tensors, model, out_abs / WEIGHTS_FILE)
+        self._print_table(tensors, model, out_abs)
         return out_abs
 
     @staticmethod
-    def _export_config(config: TrainerConfig, out_abs: Path) -> "Int8ExportTrainerConfig":
-        """The run's config, pointed at the export: integer weights file and checkpoint folder inside it."""
+    def _splits(datamanager) -> Dict[str, Any]:
+        """Dataparser outputs of every split the run's dataparser has (train, and val / test where present)."""
+        outputs = {"train": datamanager.train_dataparser_outputs}
+        for split in SPLITS[1:]:
+            try:
+                outputs[split] = datamanager.dataparser.get_dataparser_outputs(split=split)
+            except (ValueError, FileNotFoundError, KeyError, AssertionError):
+                continue  # a dataparser without this split
+        return outputs
+
+    @staticmethod
+    def _export_config(config: TrainerConfig, data: Path) -> "Int8ExportTrainerConfig":
+        """The run's config, pointed at the export: weights, cameras and checkpoint folder inside it (relative paths,
+        set to the folder the config is loaded from), the scene's images where they were (for ns-eval)."""
         cfg = Int8ExportTrainerConfig(**{f.name: copy.deepcopy(getattr(config, f.name)) for f in fields(config)})
-        cfg.pipeline.model.int8_weights = out_abs / WEIGHTS_FILE
-        cfg.output_dir = out_abs
+        cfg.pipeline.model.int8_weights = Path(WEIGHTS_FILE)
+        cfg.pipeline.datamanager.data = None
+        cfg.pipeline.datamanager.dataparser = ExportSceneDataParserConfig(
+            data=data.resolve(), record=Path(RECORD_FILE), weights=Path(WEIGHTS_FILE)
+        )
+        cfg.output_dir = Path(".")
         cfg.relative_model_dir = Path("nerfstudio_models")
         cfg.load_dir = None
         cfg.load_checkpoint = None
         return cfg
 
     @staticmethod
-    def _print_table(tensors: Dict[str, torch.Tensor], model, path: Path) -> None:
+    def _print_table(tensors: Dict[str, torch.Tensor], model, folder: Path) -> None:
+        path = folder / WEIGHTS_FILE
         quant = model.config.quant
         table = Table(title=f"Integer export: {path}")
         for column in ("tensor", "shape", "dtype / bits", "bytes"):
@@ -174,7 +218,8 @@ class ExportInt8:
         fp32 = model.size_metrics()["model_bytes_fp32"]
         CONSOLE.print(
             f"{path.name}: {size:,} bytes ({size / 1e6:.3f} MB) vs fp32 weights {fp32:,.0f} bytes "
-            f"({fp32 / 1e6:.3f} MB): {fp32 / size:.2f}x smaller"
+            f"({fp32 / 1e6:.3f} MB): {fp32 / size:.2f}x smaller; {RECORD_FILE} (cameras, no images): "
+            f"{(folder / RECORD_FILE).stat().st_size:,} bytes"
         )
 
 

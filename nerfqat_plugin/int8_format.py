@@ -1,15 +1,15 @@
 """The integer export file: safetensors tensors plus string metadata, readable with ``safetensors`` alone.
 
-Per MLP (prefix ``coarse.`` or ``fine.``), for each Linear ``<name>``:
+docs/int8-format.md specifies the file and the computation it stands for; docs/int8_decoder.py runs it with NumPy
+alone. In short, per MLP (prefix ``coarse.`` or ``fine.``), for each Linear ``<name>``:
   ``<name>.weight``        uint8, packed weight codes: ``code + qmax`` in ``weight_bits`` bits (``quant.pack``)
   ``<name>.weight_scale``  bfloat16 [out], one scale per output channel (weight = code * scale)
   ``<name>.bias``          float32 [out]
 and for each activation quantizer ``<name>`` (``<linear>.out_quant`` or an input quantizer):
   ``<name>.qparams``       float32 [2] = (scale, zero_point); value = (code - zero_point) * scale, code in
                            [0, 2**activation_bits - 1]
-Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` (JSON; ``scene``
-holds the dataparser's metadata: near/far and the NDC parameters),
-``step`` and ``source_checkpoint_sha256``.
+Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` (JSON),
+``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from nerfqat_plugin.datamanager import NeRFQATDataManager
 from nerfqat_plugin.llff import LLFFDataParserConfig
 from nerfqat_plugin.model import NeRFQATModelConfig
 from nerfqat_plugin.schedulers import ExponentialLRConfig
@@ -24,6 +25,7 @@ nerf_qat = MethodSpecification(
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
             datamanager=VanillaDataManagerConfig(
+                _target=NeRFQATDataManager,
                 dataparser=LLFFDataParserConfig(),
                 train_num_rays_per_batch=1024,
                 eval_num_rays_per_batch=1024,

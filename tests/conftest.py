@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import List, Sequence
 
 import pytest
 
 from nerfqat_plugin.tools.runs import PRESETS, find_config, ns, train_flags
-from nerfqat_plugin.tools.scenes import write_blender_scene
+from nerfqat_plugin.tools.scenes import write_blender_scene, write_llff_scene
 
 
 def run_ns(command: str, *args: str, cwd: Path, timeout: float = 600) -> str:
@@ -41,3 +42,19 @@ def exported_run(tmp_path_factory, trained_run: Path) -> Path:
     out = tmp_path_factory.mktemp("export") / "int8"
     run_ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(out), cwd=out.parent)
     return out
+
+
+@pytest.fixture(scope="session")
+def moved_llff_export(tmp_path_factory) -> Path:
+    """The int8 export of a tiny forward-facing (LLFF, NDC) run, copied to a fresh folder; the original export, the
+    training run and the scene are deleted (shared, do not modify)."""
+    work = tmp_path_factory.mktemp("llff-run")
+    scene = write_llff_scene(work / "scene", num_images=9)
+    data = ["llff-data", "--data", str(scene), "--downscale-factor", "4"]
+    run_ns("ns-train", *train_args(work / "outputs", 30, data), cwd=work)
+    config = find_config(work / "outputs", "tiny", "nerf-qat")
+    run_ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(work / "export"), cwd=work)
+    moved = tmp_path_factory.mktemp("elsewhere") / "fern-int8"
+    shutil.copytree(work / "export", moved)
+    shutil.rmtree(work)
+    return moved

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -21,10 +21,12 @@ from nerfqat_plugin.tools.browser import (
     ExpectedFrames,
     Frame,
     ViewerPage,
+    camera_view,
     chromium,
     difference,
     downsample,
     missing_browser,
+    start_camera,
     viewer_server,
 )
 
@@ -77,8 +79,11 @@ def _show(page: ViewerPage, expected: ExpectedFrames, name: str, shown: Optional
     return shot, resolution
 
 
-def _check_viewer(config: Path, model, tmp_path: Path, stem: str, outputs: Sequence[str]) -> None:
-    """ns-viewer on ``config`` in Chromium shows ``model``'s ``outputs`` (the first one is shown by default)."""
+def _check_viewer(
+    config: Path, model, tmp_path: Path, stem: str, outputs: Sequence[str], camera: Callable = start_camera
+) -> None:
+    """ns-viewer on ``config`` in Chromium shows ``model``'s ``outputs`` (the first one is shown by default) from
+    ``camera`` (``(width, height) -> Cameras``, default: the viewer's own start camera)."""
     start = time.monotonic()
     with viewer_server(config, tmp_path / "viewer.log") as server, chromium(tmp_path / "profile") as page:
         page.open(server.url)
@@ -88,7 +93,7 @@ def _check_viewer(config: Path, model, tmp_path: Path, stem: str, outputs: Seque
             lambda area, res: difference(area, background) > RENDERED, FIRST_FRAME_TIMEOUT, "a rendered frame"
         )
         first_frame = time.monotonic()
-        expected = ExpectedFrames(model, page.canvas_box()[2:])
+        expected = ExpectedFrames(model, page.canvas_box()[2:], camera)
         shown = None
         for name in outputs:
             shot, _ = _show(page, expected, name, shown)
@@ -107,5 +112,19 @@ def test_viewer_shows_trained_run(trained_run: Path, trained_model, tmp_path: Pa
     _check_viewer(trained_run, trained_model, tmp_path, "viewer-trained", ("rgb", "depth", "accumulation"))
 
 
-def test_viewer_shows_int8_export(exported_run: Path, trained_model, tmp_path: Path):
-    _check_viewer(exported_run / "config.yml", trained_model, tmp_path, "viewer-int8", ("rgb", "depth"))
+def test_viewer_opens_a_moved_int8_export_of_a_forward_facing_scene_on_a_training_camera(
+    moved_llff_export: Path, tmp_path: Path
+):
+    """The export alone (its run and scene deleted): the first frame is the render from the training camera nearest
+    the mean camera position, not from nerfstudio's default view."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(moved_llff_export / "config.yml", test_mode="inference")
+    start = pipeline.datamanager.viewer_start
+    assert start is not None
+    cameras = pipeline.datamanager.train_dataset.cameras
+    # the scene's cameras sit on a 3 x 3 grid (x in -0.2..0.2, y in 0..0.2); images 0 and 8 are held out, so the mean
+    # of the seven training cameras is the grid's centre (0, 0.1), where image 4, the fourth training image, is
+    assert start.index == 3
+    view = camera_view(cameras.camera_to_worlds[start.index], start.vertical_fov)
+    _check_viewer(moved_llff_export / "config.yml", pipeline.model, tmp_path, "viewer-int8", ("rgb", "depth"), view)

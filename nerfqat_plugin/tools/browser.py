@@ -303,6 +303,21 @@ def start_camera(width: int, height: int):
     return get_camera(state, height, width)
 
 
+def camera_view(camera_to_world: torch.Tensor, vertical_fov: float):
+    """``(width, height) -> camera`` of a frame the viewer renders when its camera sits at ``camera_to_world`` with
+    ``vertical_fov`` (radians): the viewer keeps the vertical field of view and takes the canvas's aspect."""
+    from nerfstudio.cameras.cameras import CameraType
+    from nerfstudio.viewer.utils import CameraState, get_camera
+
+    def camera(width: int, height: int):
+        state = CameraState(
+            fov=vertical_fov, aspect=width / height, c2w=camera_to_world[:3].float(), camera_type=CameraType.PERSPECTIVE
+        )
+        return get_camera(state, height, width)
+
+    return camera
+
+
 def viewer_colours(image: torch.Tensor) -> np.ndarray:
     """A model output coloured as the viewer colours it by default (RGB as is, one channel as normalized turbo)."""
     from nerfstudio.utils.colormaps import ColormapOptions, apply_colormap
@@ -311,19 +326,21 @@ def viewer_colours(image: torch.Tensor) -> np.ndarray:
 
 
 class ExpectedFrames:
-    """What the render area should show for a frame of ``model``: its render from the start camera at the frame's
-    resolution, coloured like the viewer colours it, sent as the viewer sends it (PNG or JPEG at one of
-    JPEG_QUALITIES) and stretched over the canvas by the browser."""
+    """What the render area should show for a frame of ``model``: its render from the start camera (``camera``:
+    ``(width, height) -> Cameras``; default: a fresh viewer tab's) at the frame's resolution, coloured like the viewer
+    colours it, sent as the viewer sends it (PNG or JPEG at one of JPEG_QUALITIES) and stretched over the canvas by
+    the browser."""
 
-    def __init__(self, model, canvas_size: Tuple[int, int]):
+    def __init__(self, model, canvas_size: Tuple[int, int], camera: Callable = start_camera):
         self.model = model
         self.canvas_size = canvas_size
+        self.camera = camera
         self._outputs: Dict[Tuple[int, int], Dict[str, torch.Tensor]] = {}
 
     def outputs(self, resolution: Tuple[int, int]) -> Dict[str, torch.Tensor]:
         if resolution not in self._outputs:
             with torch.no_grad():
-                camera = start_camera(*resolution).to(self.model.device)
+                camera = self.camera(*resolution).to(self.model.device)
                 self._outputs[resolution] = self.model.get_outputs_for_camera(camera)
         return self._outputs[resolution]
 

@@ -1,0 +1,107 @@
+"""The NumPy reference decoder of docs/int8-format.md against the plugin's bit-exact integer kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nerfqat_plugin.int8_format import WEIGHTS_FILE
+
+DECODER = Path(__file__).resolve().parents[1] / "docs" / "int8_decoder.py"
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    spec = importlib.util.spec_from_file_location("int8_decoder", DECODER)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["int8_decoder"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def plugin_model(exported_run: Path):
+    """The export as the plugin runs it, every layer on the bit-exact 'int' kernel (eager)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from nerfqat_plugin.quant.int8 import set_kernel
+
+    _, pipeline, _, _ = eval_setup(exported_run / "config.yml", test_mode="inference")
+    for mlp in pipeline.model.mlps:
+        set_kernel(mlp, "int", compile=False)
+    return pipeline.model
+
+
+def _plugin_codes(field, positions: torch.Tensor, directions: torch.Tensor):
+    """(raw density, rgb, {quantizer name: codes}) of a field's MLP, from hooks on its integer modules."""
+    from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear
+
+    mlp, codes, hooks = field.mlp, {}, []
+    for name, module in mlp.named_modules():
+        if isinstance(module, IntActQuantizer):
+            key = name
+        elif isinstance(module, IntLinear) and module.out_scale is not None:
+            key = f"{name}.out_quant"
+        else:
+            continue
+        hooks.append(module.register_forward_hook(lambda m, i, o, key=key: codes.__setitem__(key, o.codes.numpy())))
+    try:
+        with torch.no_grad():
+            raw, trunk = mlp.density(field.position_encoding(0.5 * positions))
+            rgb = mlp.color(trunk, field.direction_encoding(0.5 * directions))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return raw.numpy(), rgb.numpy(), codes
+
+
+def _points(n: int = 2000):
+    g = torch.Generator().manual_seed(0)
+    positions = torch.rand(n, 3, generator=g) * 3 - 1.5
+    directions = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    return positions, directions
+
+
+@pytest.mark.parametrize("prefix", ["coarse.", "fine."])
+def test_decoder_reproduces_every_integer_code_on_the_same_encoded_inputs(decoder, plugin_model, exported_run, prefix):
+    field = plugin_model.field_coarse if prefix == "coarse." else plugin_model.field_fine
+    positions, directions = _points()
+    raw, rgb, codes = _plugin_codes(field, positions, directions)
+    with torch.no_grad():
+        pos_enc = field.position_encoding(0.5 * positions).numpy()
+        dir_enc = field.direction_encoding(0.5 * directions).numpy()
+    out = decoder.Int8File(str(exported_run / WEIGHTS_FILE)).network(prefix).forward_encoded(pos_enc, dir_enc)
+    assert set(out.codes) == set(codes) and len(codes) == 2 + 2 + 2  # 2 inputs, 2 trunk layers, feature, view
+    for name, expected in codes.items():
+        np.testing.assert_array_equal(out.codes[name], expected.astype(np.float32), err_msg=name)
+    np.testing.assert_array_equal(out.raw_density, raw)  # float output of the integer arithmetic, bit for bit
+    np.testing.assert_allclose(out.rgb, rgb, rtol=0, atol=1e-6)  # sigmoid: NumPy's and PyTorch's differ by an ulp
+
+
+def test_decoder_encodes_positions_and_directions_as_the_plugin(decoder, plugin_model, exported_run):
+    positions, directions = _points()
+    field = plugin_model.field_fine
+    with torch.no_grad():
+        expected = field.position_encoding(0.5 * positions).numpy()
+    np.testing.assert_allclose(decoder.encode(positions.numpy(), 10), expected, rtol=0, atol=2e-6)
+    raw, rgb, codes = _plugin_codes(field, positions, directions)
+    network = decoder.Int8File(str(exported_run / WEIGHTS_FILE)).network("fine.")
+    out = network.forward(positions.numpy(), directions.numpy())
+    # sin in NumPy and PyTorch may differ by an ulp, which can move a value across a rounding boundary: rare
+    assert np.mean(out.codes["position_quant"] == codes["position_quant"]) > 0.999
+    assert np.mean(np.abs(out.rgb - rgb).max(axis=1) < 1e-6) > 0.99
+    assert np.mean(np.abs(out.density - np.maximum(raw, 0))[:, 0] < 1e-6) > 0.99
+
+
+def test_decoder_reads_packed_sub_byte_codes(decoder):
+    from nerfqat_plugin.quant.pack import pack_bits
+
+    for bits in (2, 3, 4, 8):
+        values = torch.randint(0, 2**bits, (1001,))
+        packed = pack_bits(values, bits).numpy()
+        np.testing.assert_array_equal(decoder.unpack_codes(packed, bits, 1001), values.numpy())
