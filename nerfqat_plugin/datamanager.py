@@ -1,10 +1,11 @@
-"""nerf-qat's datamanager: nerfstudio's ``VanillaDataManager`` plus two things a shareable model needs.
+"""nerf-qat's datamanager: nerfstudio's ``VanillaDataManager`` plus what a shareable model and several GPUs need.
 
 - Images may be absent where the scene says so (an export's camera record, ``images_optional``): views and renders
   need only the cameras, so a missing image reads as flat grey (the viewer's camera thumbnails), and evaluation,
   which needs the real ones, stops before rendering with one line naming the folder and how to point at it.
 - For forward-facing scenes (``ndc`` in the dataparser's metadata) the viewer opens on a training camera, the one
   nearest the mean camera position, instead of nerfstudio's default view from outside the captured range.
+- With several processes it has the ``train_sampler`` nerfstudio's pipeline expects (1.1.5 asserts it at step 1).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.viewer.viewer_elements import ViewerControl
+from torch.utils.data.distributed import DistributedSampler
 
 PLACEHOLDER_LEVEL = 128
 """Grey level of a missing image."""
@@ -106,6 +108,10 @@ class NeRFQATDataManager(VanillaDataManager[SceneImages]):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.world_size > 1:
+            # nerfstudio's pipeline calls train_sampler.set_epoch(step) with several processes but leaves this
+            # datamanager's sampler unset; pixels are drawn at random per process (seeded per rank) all the same
+            self.train_sampler = DistributedSampler(self.train_dataset)
         self.viewer_start: Optional[StartCamera] = None
         if self.train_dataset is not None and self.train_dataset.metadata.get("ndc"):
             self.viewer_start = StartCamera.nearest_to_mean(self.train_dataset.cameras)

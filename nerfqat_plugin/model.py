@@ -25,6 +25,7 @@ from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import Kernel, MatmulMode
+from nerfqat_plugin.quant.distributed import data_parallel, sync_observers
 from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
 
@@ -150,13 +151,22 @@ class NeRFQATModel(Model):
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
-        return [
+        callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
                 func=self.update_to_step,
             )
         ]
+        if data_parallel():  # every rank folds the same, all-reduced activation ranges after each step
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=lambda step: sync_observers(self),
+                )
+            )
+        return callbacks
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}

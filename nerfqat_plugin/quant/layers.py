@@ -14,7 +14,7 @@ value an integer kernel computes, and the exported model can reproduce it bit fo
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import FP32, MatmulMode, TrainPath, train_path
+from nerfqat_plugin.quant.distributed import data_parallel
 from nerfqat_plugin.quant.ops import LinearOptions, QuantizeOptions, linear, quantize
 from nerfqat_plugin.quant.rounding import QTensor, ReLU, activation_qparams, relu_mode
 
@@ -54,6 +55,8 @@ class ActQuantizer(QuantModule):
         self.register_buffer("min_val", torch.zeros(()))
         self.register_buffer("max_val", torch.zeros(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.pending: Optional[Tuple[Tensor, Tensor]] = None
+        """This step's batch range, not yet folded in (data parallel training only)."""
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
@@ -61,18 +64,33 @@ class ActQuantizer(QuantModule):
 
     @torch.no_grad()
     def observe_range(self, lo: Tensor, hi: Tensor) -> None:
-        """Fold one batch's range into the moving min/max (not again when autograd recomputes a forward)."""
+        """Fold one batch's range into the moving min/max; with several processes, keep it pending until
+        ``distributed.sync_observers`` reduces it across them. Not again when autograd recomputes a forward."""
         if torch._C._current_graph_task_id() != -1:  # inside a backward pass: a checkpointed forward run again
             return
         lo, hi = lo.float(), hi.float()
-        # first batch: take its range; later: moving average. Branch-free, so no device-to-host sync.
+        if data_parallel():
+            if self.pending is not None:
+                lo, hi = torch.minimum(lo, self.pending[0]), torch.maximum(hi, self.pending[1])
+            self.pending = (lo, hi)
+            return
+        self.fold(lo, hi)
+
+    @torch.no_grad()
+    def fold(self, lo: Tensor, hi: Tensor) -> None:
+        """The moving average: the first batch's range is taken, later ones move it by ``momentum``."""
+        # branch-free, so no device-to-host sync
         self.min_val.copy_(torch.where(self.initialized, self.min_val.lerp(lo, self.momentum), lo))
         self.max_val.copy_(torch.where(self.initialized, self.max_val.lerp(hi, self.momentum), hi))
         self.initialized.fill_(True)
 
     def qparams(self):
-        """``(scale, zero_point)`` from the observed range."""
-        return activation_qparams(self.min_val, self.max_val, self.qmax)
+        """``(scale, zero_point)`` from the observed range (before any batch is folded in: the pending one's)."""
+        lo, hi = self.min_val, self.max_val
+        if self.pending is not None:
+            lo = torch.where(self.initialized, lo, self.pending[0])
+            hi = torch.where(self.initialized, hi, self.pending[1])
+        return activation_qparams(lo, hi, self.qmax)
 
     @property
     def updating(self) -> bool:
