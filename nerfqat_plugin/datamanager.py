@@ -126,4 +126,3 @@ class NeRFQATDataManager(VanillaDataManager[SceneImages]):
                 f"({len(missing)} of {len(self.eval_dataset)} missing): put the scene back there, or set `data:` "
                 "under `dataparser:` in this export's config.yml to the scene folder"
             )
-

@@ -23,38 +23,40 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import tyro
 
-from nerfqat_plugin.tools.runs import PRESETS, find_config, machine, machine_line, ns, train_flags
+from nerfqat_plugin.tools.runs import PRESETS, find_config, machine, machine_line, ns, sync, train_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def interleaved(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
+def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: str = "cpu") -> Dict[str, float]:
     """Median seconds per call of each function, timing them in turn ``repeats`` times after one warm-up."""
     for fn in fns.values():
         fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync(device)
             start = time.perf_counter()
             fn()
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
+def mlp_benchmark(batch: int, repeats: int, device: str) -> Dict[str, object]:
     from nerfqat_plugin.mlp import NeRFMLP
     from nerfqat_plugin.quant import QuantConfig, set_quant_state
     from nerfqat_plugin.quant.int8 import IntLinear, convert_to_int, set_kernel
 
     torch.manual_seed(0)
-    mlp = NeRFMLP(63, 27, QuantConfig()).train()
+    mlp = NeRFMLP(63, 27, QuantConfig()).to(device).train()
     set_quant_state(mlp, active=True, observe=True)
-    pos, dirs = torch.rand(batch, 63) * 2 - 1, torch.rand(batch, 27) * 2 - 1
+    pos, dirs = torch.rand(batch, 63, device=device) * 2 - 1, torch.rand(batch, 27, device=device) * 2 - 1
     with torch.no_grad():
         raw, h = mlp.density(pos[:8192])  # calibrate the observers
         mlp.color(h, dirs[:8192])
@@ -85,8 +87,8 @@ def mlp_benchmark(batch: int, repeats: int) -> Dict[str, object]:
             diff = (run(model)() - reference).abs()
             fidelity[name] = {"bit_exact": bool(diff.max() == 0), "rgb_max_abs_diff": float(diff.max())}
             layers = [m for m in model.modules() if isinstance(m, IntLinear)]
-            kernels[name] = sorted({m.resolved_kernel(torch.device("cpu")) for m in layers})
-    secs = interleaved({k: run(m) for k, m in variants.items()}, repeats)
+            kernels[name] = sorted({m.resolved_kernel(torch.device(device)) for m in layers})
+    secs = interleaved({k: run(m) for k, m in variants.items()}, repeats, device)
     rates = {k: batch / v for k, v in secs.items()}
     return {
         "batch": batch,
@@ -109,7 +111,7 @@ def eval_rays_per_s(config: Path) -> Dict[str, float]:
     return {"rays_per_s": metrics["num_rays_per_sec"], "psnr": metrics["psnr"]}
 
 
-def eval_benchmark(work: Path, steps: int, rays: int, size: int) -> Dict[str, object]:
+def eval_benchmark(work: Path, steps: int, rays: int, size: int, device: str) -> Dict[str, object]:
     scene = work / "scene"
     subprocess.run(
         [sys.executable, str(REPO / "scripts/make_demo_scene.py"), "--output", str(scene), "--width", str(size),
@@ -120,7 +122,7 @@ def eval_benchmark(work: Path, steps: int, rays: int, size: int) -> Dict[str, ob
     data = ["llff-data", "--data", str(scene), "--downscale-factor", "1"]
     configs = {}
     for name, extra in (("fp32", ["--pipeline.model.quant.enabled", "False"]), ("qat", [])):
-        ns("ns-train", *train_flags("cpu", work / "outputs", name, steps, preset), *extra, *data, cwd=work)
+        ns("ns-train", *train_flags(device, work / "outputs", name, steps, preset), *extra, *data, cwd=work)
         configs[name] = find_config(work / "outputs", name, "nerf-qat")
     ns("ns-export-int8", "--load-config", configs["qat"], "--output-dir", work / "int8", cwd=work)
     configs["int8_export"] = work / "int8" / "config.yml"
@@ -154,19 +156,22 @@ class BenchInt8:
     """Width of the demo scene's images for the eval benchmark."""
     skip_eval: bool = False
     """Only run the MLP benchmark."""
+    device: Optional[str] = None
+    """cpu or cuda; default: cuda when available."""
 
     def main(self) -> None:
         command = "python scripts/bench_int8.py " + " ".join(sys.argv[1:])
         result: Dict[str, object] = {"command": command.strip()}
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         print("MLP benchmark ...", flush=True)
-        result["mlp"] = mlp_benchmark(self.batch, self.repeats)
+        result["mlp"] = mlp_benchmark(self.batch, self.repeats, device)
         print(json.dumps(result["mlp"], indent=1), flush=True)
         if not self.skip_eval:
             print("eval benchmark (trains two tiny runs, exports, evaluates) ...", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                result["eval"] = eval_benchmark(Path(tmp), self.eval_steps, self.eval_rays, self.eval_size)
+                result["eval"] = eval_benchmark(Path(tmp), self.eval_steps, self.eval_rays, self.eval_size, device)
             print(json.dumps(result["eval"], indent=1), flush=True)
-        result["machine"] = machine("cpu")  # after the runs: it lists the kernel decisions made
+        result["machine"] = machine(device)  # after the runs: it lists the kernel decisions made
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
         self.output.with_suffix(".md").write_text(report(result))

@@ -1,23 +1,55 @@
 #!/usr/bin/env bash
-# Both benchmarks on one CUDA machine in one go (fits a 10-minute slot; a stopped step keeps what it measured): training throughput, then the fern tables.
-#   bash scripts/gpu_bench.sh [FERN_DIR]        results in benchmarks/ (and copied to $OUT when it is set)
-# An offline machine without nerfstudio installs it from wheels in .whl/ (python3 -m pip download ... -d .whl).
+# Every GPU figure of the benchmarks, in two prepared calls of under 10 minutes each on one H100/H200:
+#   bash scripts/gpu_bench.sh speed [FERN_DIR]   training throughput at 1024 and 4096 rays (bench_train), integer
+#                                               vs fp32 rendering (bench_int8)                     about 5 minutes
+#   bash scripts/gpu_bench.sh fern [FERN_DIR]    the fern tables: every variant trained side by side for 300 s,
+#                                               compared at a common step (benchmark.py --preset gpu) about 9 minutes
+# Results in benchmarks/ (train_gpu_1024, train_gpu_4096, int8_gpu, fern_gpu), copied to $OUT when it is set;
+# a stopped step keeps what it measured. An offline machine without nerfstudio installs it from wheels in .whl/
+# (see ../shared/gpu/README.md). DRY=1 runs the same steps on this machine's CPU with tiny settings, to check the
+# script before a GPU slot is spent on it (results under /tmp/gpu_bench_dry, benchmarks/ untouched).
 set -u
-FERN=${1:-../shared/data/nerf_llff_data/fern}
+WHAT=${1:-speed}
+FERN=${2:-.gpu/fern}
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 if [ -d .whl ] && ! python3 -c "import nerfstudio" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl .whl/optional/*.whl . || exit 1
+        --target /tmp/site .whl/*.whl . || exit 1
     export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 fi
-python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv || true
-timeout 170 python3 scripts/bench_train.py --device cuda --data "$FERN" --downscale-factor 8 --quality-steps 150 \
-    --output benchmarks/train_gpu 2>&1 | grep -v "Warning\|warn(" | tail -40
-timeout 390 python3 scripts/benchmark.py --preset gpu --device cuda --data "$FERN" --workdir /tmp/benchmark_runs \
-    --variants fp32 qat-w8a8-fused vanilla-nerf qat-w8a8-unfused qat-w4a8-fused \
-    2>&1 | tail -60
+PY=${PYTHON:-python3}
+if [ "${DRY:-0}" = 1 ]; then
+    DEVICE=cpu OUTDIR=/tmp/gpu_bench_dry
+    SPEED="--rays 32 --warmup 1 --steps 1" T=4
+    INT8="--batch 4096 --repeats 1 --eval-steps 2 --eval-size 16"
+    FERN_ARGS="--preset tiny --downscale-factor 16 --steps 100000 --save-every 5 --train-seconds 60"
+    mkdir -p $OUTDIR
+else
+    DEVICE=cuda OUTDIR=benchmarks
+    SPEED="" INT8="" FERN_ARGS="--preset gpu --train-seconds 300" T=1
+    $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv || true
+fi
+case "$WHAT" in
+speed)
+    for RAYS in 1024 4096; do
+        [ "${DRY:-0}" = 1 ] && R="" || R="--rays $RAYS"
+        timeout $((150 * T)) $PY scripts/bench_train.py --device $DEVICE --data "$FERN" --downscale-factor 8 $R $SPEED \
+            --quality-steps 0 --output $OUTDIR/train_gpu_$RAYS 2>&1 | grep -v "Warning\|warn(" | tail -30
+    done
+    timeout $((150 * T)) $PY scripts/bench_int8.py --device $DEVICE $INT8 --output $OUTDIR/int8_gpu 2>&1 | tail -40
+    ;;
+fern)
+    timeout $((560 * T)) $PY scripts/benchmark.py --device $DEVICE --data "$FERN" --workdir /tmp/benchmark_runs $FERN_ARGS \
+        --output $OUTDIR/fern_gpu 2>&1 | tail -80
+    ;;
+*)
+    echo "usage: bash scripts/gpu_bench.sh speed|fern [FERN_DIR]" >&2
+    exit 2
+    ;;
+esac
 if [ -n "${OUT:-}" ]; then
-    cp benchmarks/train_gpu.* benchmarks/fern_gpu* "$OUT"/ 2>/dev/null
+    cp $OUTDIR/train_gpu_* $OUTDIR/int8_gpu* $OUTDIR/fern_gpu* "$OUT"/ 2>/dev/null
     tail -c 200000 /tmp/benchmark_runs/*/train.log > "$OUT/logs.txt" 2>/dev/null
 fi
+exit 0

@@ -139,18 +139,31 @@ def _onednn_exact(act_qmax: int, weight_qmax: int) -> bool:
 # --- timing --------------------------------------------------------------------------------------------------------
 
 
-def _seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
-    """Best of ``repeats`` timed calls after one warm-up."""
+def timings(candidates: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 5) -> Dict[str, float]:
+    """Best time of each candidate over ``repeats`` rounds that run them in turn (after one warm-up each), so that a
+    busy moment of the machine hits them alike and one quiet run of each suffices."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
+    best = {name: float("inf") for name in candidates}
+    with torch.no_grad():
+        for fn in candidates.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in candidates.items():
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run on bf16 units here: every CUDA device we run on, CPUs with AVX-512 bf16 or
+    AMX. Elsewhere (AVX2) they are emulated, several times slower than fp32, and never worth measuring."""
+    if device.type != "cpu":
+        return True
+    isa = cpu_isa()
+    return isa["avx512_bf16"] or isa["amx_bf16"]
 
 
 def pick(seconds: Dict[str, float], baseline: str, margin: float) -> str:
@@ -176,6 +189,8 @@ def _where(device: torch.device) -> str:
 
 def integer_products(device: torch.device, act_qmax: int, weight_qmax: int) -> List[Product]:
     """The integer-unit products that are exact on ``device`` for these code ranges (``kernels`` names them)."""
+    if device.type == "cuda":
+        return ["int_mm"]
     if device.type != "cpu":
         return []
     out: List[Product] = ["int_mm"]
@@ -224,7 +239,8 @@ def _train_path(device_type, index, k, n, act_qmax, weight_qmax, mode) -> TrainP
     _say(
         ("train", device_type, index, k, n, act_qmax, weight_qmax),
         f"fake-quantized Linear {k}->{n} on {_where(device)}: codes product {path.product}, gradient products "
-        f"{path.grad} (measured: products {_fmt(seconds)}; gradients {_fmt(grad_seconds)})",
+        f"{path.grad} (measured: products {_fmt(seconds)}; gradients {_fmt(grad_seconds)}"
+        f"{'' if 'bf16' in grad_seconds else ', bf16 emulated on this CPU'})",
     )
     _hint_once(device)
     return path
@@ -241,15 +257,10 @@ def _time_train(
     grad = torch.randn(rows, n, generator=g).to(device)
     candidates = {p: (lambda p=p: codes_product(centered, zero_point, w, p, False)) for p in products}
     grad16, w16 = grad.bfloat16(), w.bfloat16()
-    grads: Dict[str, Callable[[], object]] = {
-        "fp32": lambda: grad_product(grad, w, torch.float32),
-        "bf16": lambda: grad_product(grad16, w16, torch.bfloat16),
-    }
-    with torch.no_grad():
-        return (
-            {name: _seconds(fn, device) for name, fn in candidates.items()},
-            {name: _seconds(fn, device) for name, fn in grads.items()},
-        )
+    grads: Dict[str, Callable[[], object]] = {"fp32": lambda: grad_product(grad, w, torch.float32)}
+    if native_bf16(device):
+        grads["bf16"] = lambda: grad_product(grad16, w16, torch.bfloat16)
+    return timings(candidates, device), timings(grads, device)
 
 
 _hinted = False
@@ -312,13 +323,24 @@ def int8_kernel(
         elif len(candidates) == 1:
             kernel = candidates[0]
         else:
-            with torch.no_grad():
-                seconds = {c: _seconds(time_kernel(c), device) for c in candidates}
-            kernel = pick(seconds, candidates[0], PRODUCT_MARGIN)
+            samples, failed = {}, {}
+            for c in candidates:  # a kernel that cannot run this shape here is left out (said in the decision)
+                try:
+                    sample = time_kernel(c)
+                    sample()
+                    samples[c] = sample
+                except (RuntimeError, NotImplementedError) as err:
+                    failed[c] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            seconds = timings(samples, device)
+            kernel = (
+                pick(seconds, candidates[0], PRODUCT_MARGIN)
+                if candidates[0] in seconds
+                else min(seconds, key=seconds.get)
+            )
             _say(
                 key + (requested,),
                 f"integer Linear {in_features}->{out_features} on {_where(device)} ({requested}): {kernel} "
-                f"(measured: {_fmt(seconds)})",
+                f"(measured: {_fmt(seconds)}{''.join(f'; {c} failed: {e}' for c, e in failed.items())})",
             )
         _int8_cache[key + (requested,)] = kernel
     return _int8_cache[key + (requested,)]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from nerfqat_plugin.quant.compiled import call
 from nerfqat_plugin.quant.dispatch import FUSED, Kernel, int8_kernel
 from nerfqat_plugin.quant.kernels import (
+    int_mm,
     mm_fp32_out,
     onednn_linear,
     onednn_linear_sum,
@@ -83,7 +84,7 @@ def _accumulate(
         if product == "int_mm":
             shifted = (codes.to(torch.int16) - _SHIFT).to(torch.int8)
             # (codes - 128) @ w + (128 - zero_point) * rowsum(w) = (codes - zero_point) @ w, in int32
-            acc = torch._int_mm(shifted, w) + (_SHIFT - zero_point).to(torch.int32) * rows
+            acc = int_mm(shifted, w) + (_SHIFT - zero_point).to(torch.int32) * rows
             accs.append(acc.float())
         else:
             accs.append((codes.float() - zero_point) @ w.float())

@@ -4,7 +4,8 @@ Products (names used by ``dispatch`` and in its log):
 
 - ``fp32``: fp32 operands; exact for codes while sums stay below 2**24. Any device.
 - ``bf16``: bf16 operands (which hold integers up to 256 exactly) with an fp32 result. CUDA.
-- ``int_mm``: ``torch._int_mm``, int8 x int8 into int32 (codes shifted by 128, then corrected). Exact.
+- ``int_mm``: ``torch._int_mm``, int8 x int8 into int32 (codes shifted by 128, then corrected). Exact. CPU, and
+  CUDA's integer tensor cores (shapes padded to what it needs).
 - ``onednn``: oneDNN's int8 Linear (``torch.ops.onednn.qlinear_pointwise``), uint8 x int8 into int32. CPU. On x86
   CPUs without VNNI it adds pairs of products into a saturating int16 (``vpmaddubsw``), so 8-bit activations times
   8-bit weights overflow there: ``dispatch.onednn_exact`` checks the machine before it is chosen.
@@ -107,6 +108,21 @@ def mm_fp32_out_supported(device_type: str) -> bool:
 def mm_fp32_out(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` with bf16 operands, accumulated and returned in fp32 (where ``mm_fp32_out_supported``)."""
     return torch.mm(a.to(torch.bfloat16), b.to(torch.bfloat16), out_dtype=torch.float32)
+
+
+def int_mm(a: Tensor, b: Tensor, pad: Optional[bool] = None) -> Tensor:
+    """``torch._int_mm(a, b)`` (int8 ``[m, k]`` x int8 ``[k, n]`` -> int32 ``[m, n]``) for any shapes. CUDA needs
+    m > 16 and k, n multiples of 8: there (or with ``pad``) zeros are padded on, which add nothing, and cut off."""
+    if not (a.device.type == "cuda" if pad is None else pad):
+        return torch._int_mm(a, b)
+    m, k = a.shape
+    n = b.shape[1]
+    pad_k, pad_n, pad_m = (-k) % 8, (-n) % 8, max(0, 17 - m)
+    if pad_k or pad_m:
+        a = torch.nn.functional.pad(a, (0, pad_k, 0, pad_m))
+    if pad_k or pad_n:
+        b = torch.nn.functional.pad(b, (0, pad_n, 0, pad_k))
+    return torch._int_mm(a, b)[:m, :n]
 
 
 def _to_uint8(centered: Tensor, zero_point: Tensor) -> Tensor:

@@ -39,3 +39,39 @@ def test_error_raised_by_compiled_code_propagates_and_switches_nothing_off():
         compiled.call(_add, (torch.ones(3), torch.ones(4)), True)
     assert compiled.eager_functions() == {}
     assert torch.equal(compiled.call(_add, (torch.ones(3), torch.ones(3)), True), torch.full((3,), 2.0))
+
+
+def _compiled_cases():
+    """Every function the quantized layers pass to ``compiled.call``, with arguments like the layers'."""
+    from nerfqat_plugin.quant import int8, kernels, ops
+
+    x, scale, zp = torch.randn(64, 16), torch.tensor(0.05), torch.tensor(3.0)
+    codes = torch.randint(0, 256, (64, 16), dtype=torch.uint8)
+    w = torch.randint(-127, 128, (16, 8), dtype=torch.int8)
+    inputs = [(codes, scale, zp)]
+    weights, rows = [w], [w.to(torch.int32).sum(0)]
+    return {
+        "centered": (ops._centered, (x, scale, zp, 255, "fused", torch.bfloat16)),
+        "centered_grad": (ops._centered_grad, (x, x, scale, zp, 255, "unfused", torch.float32)),
+        "rescale_and_range": (ops._rescale_and_range, ([x[:, :8], x[:, 8:]], [scale, scale], scale, x[0, :8], "fused")),
+        "to_uint8": (kernels._to_uint8, (x.round(), zp)),
+        "halves": (kernels._halves, (codes,)),
+        "requantize": (int8._requantize, (x, scale, zp, 255, None)),
+        "int_linear_int_mm": (
+            int8._int_linear,
+            (inputs, weights, rows, None, scale.expand(8), x[0, :8], scale, zp, 255, "fused", "int_mm"),
+        ),  # fmt: skip
+        "int_linear_accs": (
+            int8._int_linear,
+            (inputs, weights, rows, [x[:, :8]], scale.expand(8), x[0, :8], None, None, 255, None, "onednn"),
+        ),  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("name", list(_compiled_cases()))
+def test_compiled_functions_have_no_graph_breaks(name):
+    """One graph per function: what inductor fuses is the whole function (also what CUDA graphs would need)."""
+    fn, args = _compiled_cases()[name]
+    explanation = torch._dynamo.explain(fn)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

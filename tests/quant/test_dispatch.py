@@ -65,6 +65,14 @@ def test_vnni_bf16_machine_trains_on_int8_and_bf16(monkeypatch):
     assert train_path(CPU, 256, 256, 255, 127, "auto") == TrainPath("onednn", "bf16")
 
 
+def test_bf16_gradients_are_not_even_timed_on_a_cpu_that_emulates_bf16(monkeypatch):
+    monkeypatch.setattr(dispatch, "cpu_isa", lambda: {"avx2": True, "avx512_bf16": False, "amx_bf16": False})
+    products, grads = dispatch._time_train(CPU, 32, 16, 255, 127, ["fp32"])
+    assert set(grads) == {"fp32"} and set(products) == {"fp32"}
+    monkeypatch.setattr(dispatch, "cpu_isa", lambda: {"avx2": True, "avx512_bf16": True, "amx_bf16": False})
+    assert set(dispatch._time_train(CPU, 32, 16, 255, 127, ["fp32"])[1]) == {"fp32", "bf16"}
+
+
 def test_explicit_modes(monkeypatch):
     _machine(monkeypatch, False, {"fp32": 1.0}, {"fp32": 1.0, "bf16": 7.0})
     assert train_path(CPU, 256, 256, 255, 127, False) == FP32

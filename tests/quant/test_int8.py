@@ -10,7 +10,7 @@ from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, set_quant_state
 from nerfqat_plugin.quant.dispatch import FUSED, int8_candidates
 from nerfqat_plugin.quant.int8 import IntLinear, IntTensor, convert_to_int, set_kernel
-from nerfqat_plugin.quant.kernels import onednn_available
+from nerfqat_plugin.quant.kernels import int_mm, onednn_available
 
 
 def _trained_mlp(config: QuantConfig, width: int = 64) -> NeRFMLP:
@@ -119,3 +119,14 @@ def test_every_exact_product_this_cpu_can_choose_is_bit_exact(config, product, m
     pos, dirs = torch.rand(2, 600, 63) * 2 - 1, torch.rand(2, 600, 27) * 2 - 1
     for expected, got in zip(_outputs(mlp, pos, dirs), _outputs(int_mlp, pos, dirs), strict=True):
         assert torch.equal(got, expected), f"{product}: max difference {(got - expected).abs().max().item()}"
+
+
+@pytest.mark.parametrize("m,k,n", [(5, 63, 3), (17, 27, 128), (300, 256, 1)])
+def test_int_mm_padded_for_cuda_shapes_is_the_plain_product(m, k, n):
+    """CUDA's _int_mm needs m > 16 and k, n multiples of 8: the zeros padded on add nothing."""
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int8)
+    expected = a.to(torch.int64) @ b.to(torch.int64)
+    assert torch.equal(int_mm(a, b, pad=True).to(torch.int64), expected)
+    assert torch.equal(int_mm(a, b, pad=False).to(torch.int64), expected)
