@@ -11,7 +11,7 @@
 set -u
 WHAT=${1:-speed}
 FERN=${2:-.gpu/fern}
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 if [ -d .whl ] && ! python3 -c "import nerfstudio" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl . || exit 1
