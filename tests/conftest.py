@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import List, Sequence
 
 import pytest
@@ -16,6 +19,15 @@ def run_ns(command: str, *args: str, cwd: Path, timeout: float = 600) -> str:
     """An installed console script (ns-train, ns-eval, ...) run offline, with an empty torch home (LPIPS weights
     are never there, whatever this machine has cached); its output, or ``CommandFailed``."""
     return ns(command, *args, cwd=cwd, timeout=timeout, env={"TORCH_HOME": str(Path(cwd) / ".torch-home-empty")})
+
+
+def load_file(path: Path) -> ModuleType:
+    """A Python file that is not in a package (a script, the docs' decoder) imported as a module of its own name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def train_args(output_dir: Path, steps: int, extra: Sequence[str] = ()) -> List[str]:

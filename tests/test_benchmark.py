@@ -9,22 +9,13 @@ from pathlib import Path
 
 from nerfqat_plugin.tools.runs import command_env
 from nerfqat_plugin.tools.scenes import write_llff_scene
+from tests.conftest import load_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
-def _benchmark_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["benchmark_script"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def test_runs_are_compared_at_the_largest_step_all_of_them_saved():
-    compared_step = _benchmark_module().compared_step
+    compared_step = load_file(SCRIPT).compared_step
     step, why = compared_step({"fp32": [250, 500, 750, 1000], "w8a8": [250, 500, 750], "w2a8": [250, 500]})
     assert step == 500 and "slowest: w2a8" in why
     assert compared_step({"a": [5], "b": [5]}) == (5, "every run finished at step 5")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +9,14 @@ import pytest
 import torch
 
 from nerfqat_plugin.int8_format import WEIGHTS_FILE
+from tests.conftest import load_file
 
 DECODER = Path(__file__).resolve().parents[1] / "docs" / "int8_decoder.py"
 
 
 @pytest.fixture(scope="module")
 def decoder():
-    spec = importlib.util.spec_from_file_location("int8_decoder", DECODER)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["int8_decoder"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_file(DECODER)
 
 
 @pytest.fixture(scope="module")
