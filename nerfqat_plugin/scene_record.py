@@ -61,7 +61,10 @@ def scene_record(outputs: Dict[str, DataparserOutputs], data: Path) -> Dict[str,
         if out.cameras.distortion_params is not None and bool(out.cameras.distortion_params.abs().sum() > 0):
             raise SceneRecordError(f"{split} cameras have lens distortion, which the camera record does not hold")
         cams = {name: getattr(out.cameras, name).tolist() for name in _CAMERA_FIELDS}
-        splits[split] = {"images": [_relative(p, data) for p in out.image_filenames], "cameras": cams}
+        # the dtypes too: a dataparser may hand over float64 focal lengths, which float32 would round
+        dtypes = {name: str(getattr(out.cameras, name).dtype).replace("torch.", "") for name in _CAMERA_FIELDS}
+        images = [_relative(p, data) for p in out.image_filenames]
+        splits[split] = {"images": images, "cameras": cams, "dtypes": dtypes}
     return {
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
@@ -148,14 +151,7 @@ class ExportScene(DataParser):
         entry = splits[split]
         cams: Dict[str, List[Any]] = entry["cameras"]
         cameras = Cameras(
-            camera_to_worlds=torch.tensor(cams["camera_to_worlds"], dtype=torch.float32),
-            fx=torch.tensor(cams["fx"], dtype=torch.float32),
-            fy=torch.tensor(cams["fy"], dtype=torch.float32),
-            cx=torch.tensor(cams["cx"], dtype=torch.float32),
-            cy=torch.tensor(cams["cy"], dtype=torch.float32),
-            width=torch.tensor(cams["width"], dtype=torch.long),
-            height=torch.tensor(cams["height"], dtype=torch.long),
-            camera_type=torch.tensor(cams["camera_type"], dtype=torch.long),
+            **{name: torch.tensor(cams[name], dtype=getattr(torch, entry["dtypes"][name])) for name in _CAMERA_FIELDS}
         )
         data = Path(self.config.data)
         alpha = record.get("alpha_color")

@@ -34,14 +34,27 @@ def test_default_architecture_file_size(tmp_path: Path, bits: int, limit: int):
 
 
 def test_export_directory_and_file_are_self_describing(exported_run: Path, trained_run: Path):
-    assert sorted(p.name for p in exported_run.iterdir()) == ["config.yml", "model.safetensors", "nerfstudio_models"]
+    assert sorted(p.name for p in exported_run.iterdir()) == [
+        "cameras.json",
+        "config.yml",
+        "model.safetensors",
+        "nerfstudio_models",
+    ]
     with safe_open(str(exported_run / WEIGHTS_FILE), framework="pt") as f:  # the safetensors library alone
         meta = f.metadata()
         keys = set(f.keys())
         assert f.get_tensor("coarse.trunk.0.weight").dtype == torch.uint8
         assert f.get_tensor("fine.trunk.0.weight_scale").dtype == torch.bfloat16
     assert meta["format"] == "nerfqat-int8" and meta["format_version"] == str(FORMAT_VERSION)
-    for key in ("architecture", "quant", "dataparser", "scene", "step", "source_checkpoint_sha256"):
+    for key in (
+        "architecture",
+        "quant",
+        "dataparser",
+        "scene",
+        "scene_record_sha256",
+        "step",
+        "source_checkpoint_sha256",
+    ):
         assert key in meta, key
     assert json.loads(meta["quant"])["weight_bits"] == 8
     assert {"coarse.position_quant.qparams", "fine.view.out_quant.qparams", "fine.rgb_head.bias"} <= keys

@@ -38,6 +38,35 @@ def test_export_folder_holds_everything_and_the_config_no_absolute_path_into_it(
     assert set(record["splits"]) == {"train", "val", "test"} and len(record["splits"]["train"]["images"]) == 7
 
 
+@pytest.mark.parametrize("kind", ["llff", "blender"])
+def test_camera_record_gives_back_the_dataparser_outputs_exactly(tmp_path: Path, kind: str):
+    """Every camera field with its dtype (a float64 focal length stays float64), the scene box, the metadata."""
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+
+    from nerfqat_plugin.llff import LLFFDataParserConfig
+    from nerfqat_plugin.scene_record import ExportSceneDataParserConfig, record_bytes, scene_record
+    from nerfqat_plugin.tools.scenes import write_blender_scene
+
+    if kind == "llff":
+        data = write_llff_scene(tmp_path / "scene", num_images=9)
+        parser = LLFFDataParserConfig(data=data, downscale_factor=4).setup()
+    else:
+        data = write_blender_scene(tmp_path / "scene", size=16, views=3)
+        parser = BlenderDataParserConfig(data=data).setup()
+    outputs = {split: parser.get_dataparser_outputs(split) for split in ("train", "val", "test")}
+    (tmp_path / RECORD_FILE).write_bytes(record_bytes(scene_record(outputs, data)))
+    export = ExportSceneDataParserConfig(data=data, record=tmp_path / RECORD_FILE, weights=tmp_path / "none").setup()
+    for split, expected in outputs.items():
+        got = export.get_dataparser_outputs(split)
+        assert got.image_filenames == [Path(p) for p in expected.image_filenames]
+        for name in ("camera_to_worlds", "fx", "fy", "cx", "cy", "width", "height", "camera_type"):
+            a, b = getattr(got.cameras, name), getattr(expected.cameras, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), (split, name)
+        assert torch.equal(got.scene_box.aabb, expected.scene_box.aabb)
+        assert {k: v for k, v in got.metadata.items() if k != "images_optional"} == dict(expected.metadata)
+        assert torch.equal(got.dataparser_transform, expected.dataparser_transform.float())
+
+
 @needs_ffmpeg
 def test_moved_export_renders_an_mp4_without_the_dataset(moved_llff_export: Path, tmp_path: Path):
     import mediapy
