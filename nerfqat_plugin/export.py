@@ -83,7 +83,7 @@ class ExportInt8:
     load_config: Path
     """config.yml of the trained nerf-qat run."""
     output_dir: Path
-    """Directory to create: config.yml, model.safetensors and nerfstudio_models/."""
+    """Directory to create: model.safetensors, cameras.json, config.yml and nerfstudio_models/ (it can be moved)."""
     overwrite: bool = False
     """Replace output_dir if it already exists."""
 

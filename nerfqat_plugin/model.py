@@ -69,17 +69,20 @@ class NeRFQATModelConfig(ModelConfig):
     """Fuse the fake-quantization arithmetic (observers, rounding, masks, scales) with torch.compile: the same codes
     and gradients in fewer passes over memory; compiled on first use (seconds), eager if compiling fails."""
     quant_fast_matmul: MatmulMode = "auto"
-    """How fake-quantized layers multiply. The product of codes is exact on every path: int8 units (oneDNN, CPU,
-    where a start-up self-check finds it exact), bf16 operands with fp32 results (CUDA), or fp32; gradient products
-    take bf16 or fp32 operands. 'auto': per layer shape, the fastest measured on this machine (said once in the log),
-    never slower than fp32. True: int8/bf16 products and bf16 gradients without measuring. False: fp32 throughout."""
+    """How fake-quantized layers multiply. The product of codes is exact on every path: int8 units (oneDNN on CPUs,
+    in 7-bit halves where a start-up self-check finds its 8-bit product inexact, as without VNNI), bf16 operands with
+    fp32 results (CUDA), or fp32; gradient products take bf16 (where native) or fp32 operands. 'auto': per layer
+    shape, the fastest measured on this machine (said once in the log), never slower than fp32. True: int8/bf16
+    products and bf16 gradients without measuring. False: fp32 throughout."""
     int8_weights: Optional[Path] = None
     """Integer export file to render from (ns-export-int8 sets it); the MLPs then run on its integer weights."""
     int8_kernel: Kernel = "auto"
-    """Integer matmul of an export: 'onednn' (fused int8 Linear, CPU; within one code step), 'int' (torch._int_mm,
-    CPU, bit-exact), 'float' (exact in fp32, any device). 'auto': per layer shape, the fastest exact kernel measured
-    on this machine (oneDNN only where its self-check finds the int8 product exact). A named kernel that is not exact
-    or not available here falls back to 'auto', said once in the log."""
+    """Integer matmul of an export: 'int' (an integer product of codes: torch._int_mm, oneDNN, or oneDNN on 7-bit
+    halves of the codes; int8 tensor cores on CUDA; bit-exact with the trained model), 'float' (the product in fp32,
+    bit-exact, any device), 'onednn' (oneDNN's fused int8 Linear, CPU; rounds its requantization its own way, within
+    one code step; only where its int8 product is exact, as with VNNI). 'auto': per layer shape, the fastest of these
+    measured on this machine (said once in the log). A named kernel that is not exact or not available here falls
+    back to 'auto'."""
     int8_compile: bool = True
     """Fuse the integer layers' elementwise steps (input quantization, requantization, the 'int' kernel's epilogue)
     with torch.compile: several times faster, compiled on first use (seconds); falls back to eager on failure."""
