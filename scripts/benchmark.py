@@ -157,6 +157,9 @@ class Benchmark:
     """Seed of every run (nerfstudio's machine.seed)."""
     report_only: bool = False
     """Rebuild <output>.md and the size plot from an existing <output>.json (no training)."""
+    evaluate_only: bool = False
+    """Compare and evaluate the runs already in --workdir, trained by an earlier invocation with the same settings
+    (one that stopped before its evaluations), instead of training them again."""
 
     def main(self) -> None:
         out = (self.output or REPO / "benchmarks" / f"fern_{self.preset}").resolve()
@@ -181,7 +184,11 @@ class Benchmark:
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         runs = [Run(name, work / name, self, p.model, factor, steps, save_every, device) for name in names]
-        train_all(runs, p.parallel, seconds)
+        if self.evaluate_only:
+            for r in runs:
+                r.reuse()
+        else:
+            train_all(runs, p.parallel, seconds)
         trained = [r for r in runs if r.error is None]
         step, why = compared_step({r.name: r.saved_steps() for r in trained}) if trained else (None, "no run trained")
         print(f"comparing at step {step}: {why}", flush=True)
@@ -208,6 +215,7 @@ class Benchmark:
             },
             "compared_step": step,
             "compared_step_why": why,
+            "evaluated_earlier_runs": self.evaluate_only,
             "wall_s": time.time() - start,
             "rows": [r.row() for r in runs],
         }
@@ -283,12 +291,31 @@ class Run:
         """Record how the training process ended (``stopped``: by the wall-time limit)."""
         self.train_wall_s = time.time() - self._started
         self.train_window = (self._started, time.time())
+        (self.folder / "train_window.json").write_text(json.dumps(self.train_window))
         self._log.close()
         if self.proc.returncode != 0 and not stopped:
             tail = "".join((self.folder / "train.log").read_text(errors="replace").splitlines(True)[-15:])
             self.error = f"ns-train exited {self.proc.returncode}, see {self.folder / 'train.log'}:\n{tail}"
         elif not self.saved_steps():
             self.error = f"no checkpoint saved before the run stopped, see {self.folder / 'train.log'}"
+
+    def reuse(self) -> None:
+        """Take the run as an earlier invocation left it: its checkpoints, and its training window (recorded, or
+        else the first and last of nerfstudio's logged events)."""
+        window = self.folder / "train_window.json"
+        if window.is_file():
+            self.train_window = tuple(json.loads(window.read_text()))  # type: ignore[assignment]
+        elif self.saved_steps():
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+            acc = EventAccumulator(str(self.run_dir))
+            acc.Reload()
+            times = [e.wall_time for tag in acc.Tags().get("scalars", []) for e in acc.Scalars(tag)]
+            self.train_window = (min(times), max(times)) if times else None
+        if self.train_window is not None:
+            self.train_wall_s = self.train_window[1] - self.train_window[0]
+        if not self.saved_steps():
+            self.error = f"no checkpoint in {self.run_dir} to evaluate (train it first)"
 
     def saved_steps(self) -> List[int]:
         """Steps of the complete checkpoints (a run stopped while saving leaves a file without its zip directory)."""
@@ -548,7 +575,13 @@ def report(result: Dict[str, object], out: Path) -> str:
         f"nerf-qat MLP {s['num_layers']}x{s['layer_width']} (skip {s['skip_layer']}, view {s['view_width']}), "  # type: ignore[index]
         f"vanilla-nerf its fixed 8x256, seed {s['seed']}, runs {together}; "  # type: ignore[index]
         f"held-out: every 8th image. Total wall time {result['wall_s'] / 60:.1f} min.  ",  # type: ignore[operator]
-        f"**Compared at step {step}**: {result['compared_step_why']}.",
+        f"**Compared at step {step}**: {result['compared_step_why']}."
+        + (
+            "  \nThe runs were trained by an earlier invocation with these settings (it stopped before evaluating) "
+            "and evaluated by this one (`--evaluate-only`); train wall times from nerfstudio's event log."
+            if result.get("evaluated_earlier_runs")
+            else ""
+        ),
         "",
         "Our rows are measured by this script at the committed code; the paper's rows are quoted from the seed paper",
         "(fern, 1/8 resolution, 50k+ steps on a GPU), so compare shapes (differences between rows), not absolutes.",
