@@ -96,7 +96,10 @@ def _check_viewer(
         expected = ExpectedFrames(model, page.canvas_box()[2:], camera)
         shown = None
         for name in outputs:
-            shot, _ = _show(page, expected, name, shown)
+            try:
+                shot, _ = _show(page, expected, name, shown)
+            except AssertionError as err:  # a render thread that died says why in the server's log
+                raise AssertionError(f"{err}\nns-viewer's log:\n{server.log_text()[-4000:]}") from None
             shot.save(_artifact(tmp_path, f"{stem}.png" if shown is None else f"{stem}-{name}.png"))
             shown = downsample(page.render_area(shot))
         assert not server.problems(), f"while the browser was connected:\n{server.log_text()}"

@@ -75,3 +75,35 @@ def test_compiled_functions_have_no_graph_breaks(name):
     explanation = torch._dynamo.explain(fn)(*args)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_a_render_stopped_by_the_viewer_never_stops_inside_a_compilation():
+    """nerfstudio's viewer stops a render by raising from a trace function at a Python line (``SetTrace``). Raised
+    inside dynamo's compilation (thousands of Python lines) it became an InternalTorchDynamoError that killed the
+    viewer's render thread; the compiled call now runs untraced and completes, and the trace function is back
+    afterwards, so the render stops at the caller's next lines."""
+    from nerfstudio.viewer_legacy.server.viewer_utils import IOChangeException, SetTrace
+
+    limit = 500
+    lines = []
+
+    def stop_after_the_limit(frame, event, arg):
+        if event == "line":
+            lines.append(frame.f_code.co_filename)
+            if len(lines) >= limit:
+                raise IOChangeException
+        return stop_after_the_limit
+
+    def more_python_lines():
+        for _ in range(limit):
+            pass
+
+    x = torch.arange(6.0)
+    with SetTrace(stop_after_the_limit):
+        y = compiled.call(_double_plus_one, (x,), True)
+        traced_during_the_call = len(lines)
+        with pytest.raises(IOChangeException):
+            more_python_lines()
+    assert torch.equal(y, x * 2 + 1)
+    assert compiled.eager_functions() == {}
+    assert traced_during_the_call < limit
