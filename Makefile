@@ -36,4 +36,4 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 test: lint system-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests

@@ -639,6 +639,9 @@ def report(result: Dict[str, object], out: Path) -> str:
         "MLP weights: fp32 = 4 bytes per coarse+fine MLP parameter in the checkpoint; file = the int8 export's size.",
         "Train samples/s of runs trained side by side share one device: compare them with each other, not with a "
         "run alone.",
+        "Eval rays/s: one ns-eval after another, each timed alone (one pass over 3 views), so any other load on the "
+        "machine at that moment lowers it; for integer vs fp32 speed see the interleaved measurement of "
+        "scripts/bench_int8.py.",
         "",
         f"![test views]({out.name}_view.png)",
         "",
