@@ -157,6 +157,9 @@ class Benchmark:
     """Seed of every run (nerfstudio's machine.seed)."""
     report_only: bool = False
     """Rebuild <output>.md and the size plot from an existing <output>.json (no training)."""
+    reuse_trained: bool = False
+    """Reuse the runs in --workdir that already saved their last step (trained by an earlier invocation with the same
+    settings, e.g. before more variants were added) and train only the others; then evaluate them all."""
     evaluate_only: bool = False
     """Compare and evaluate the runs already in --workdir, trained by an earlier invocation with the same settings
     (one that stopped before its evaluations), instead of training them again."""
@@ -184,11 +187,10 @@ class Benchmark:
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         runs = [Run(name, work / name, self, p.model, factor, steps, save_every, device) for name in names]
-        if self.evaluate_only:
-            for r in runs:
-                r.reuse()
-        else:
-            train_all(runs, p.parallel, seconds)
+        reused = [r for r in runs if self.evaluate_only or (self.reuse_trained and r.finished_before(steps))]
+        for r in reused:
+            r.reuse()
+        train_all([r for r in runs if r not in reused], p.parallel, seconds)
         trained = [r for r in runs if r.error is None]
         step, why = compared_step({r.name: r.saved_steps() for r in trained}) if trained else (None, "no run trained")
         print(f"comparing at step {step}: {why}", flush=True)
@@ -216,6 +218,7 @@ class Benchmark:
             "compared_step": step,
             "compared_step_why": why,
             "evaluated_earlier_runs": self.evaluate_only,
+            "reused_runs": [r.name for r in reused] if self.reuse_trained else [],
             "wall_s": time.time() - start,
             "rows": [r.row() for r in runs],
         }
@@ -298,6 +301,11 @@ class Run:
             self.error = f"ns-train exited {self.proc.returncode}, see {self.folder / 'train.log'}:\n{tail}"
         elif not self.saved_steps():
             self.error = f"no checkpoint saved before the run stopped, see {self.folder / 'train.log'}"
+
+    def finished_before(self, steps: int) -> bool:
+        """Whether an earlier invocation left this run with its last step saved."""
+        saved = self.saved_steps()
+        return bool(saved) and saved[-1] >= steps - 1
 
     def reuse(self) -> None:
         """Take the run as an earlier invocation left it: its checkpoints, and its training window (recorded, or
@@ -580,6 +588,12 @@ def report(result: Dict[str, object], out: Path) -> str:
             "  \nThe runs were trained by an earlier invocation with these settings (it stopped before evaluating) "
             "and evaluated by this one (`--evaluate-only`); train wall times from nerfstudio's event log."
             if result.get("evaluated_earlier_runs")
+            else ""
+        )
+        + (
+            f"  \nReused as an earlier invocation with these settings trained them (`--reuse-trained`): "
+            f"{', '.join(result['reused_runs'])}; train wall times from that invocation."  # type: ignore[arg-type]
+            if result.get("reused_runs")
             else ""
         ),
         "",

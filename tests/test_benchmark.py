@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from nerfqat_plugin.tools.runs import command_env
@@ -21,6 +22,20 @@ def test_runs_are_compared_at_the_largest_step_all_of_them_saved():
     assert compared_step({"a": [5], "b": [5]}) == (5, "every run finished at step 5")
     step, why = compared_step({"a": [4], "b": [6]})
     assert step is None and "no checkpoint step saved by every run" in why
+
+
+def test_reuse_trained_takes_only_runs_that_saved_their_last_step(tmp_path: Path):
+    bench = load_file(SCRIPT)
+    b = bench.Benchmark(preset="tiny", workdir=tmp_path)
+    run = bench.Run("fp32", tmp_path / "fp32", b, bench.FERN_PRESETS["tiny"].model, 4, 10, 5, "cpu")
+    assert not run.finished_before(10)  # nothing trained yet
+    checkpoints = run.run_dir / "nerfstudio_models"
+    checkpoints.mkdir(parents=True)
+    zipfile.ZipFile(checkpoints / "step-000000005.ckpt", "w").close()
+    (checkpoints / "step-000000009.ckpt").write_bytes(b"")  # a run stopped while saving its last step
+    assert not run.finished_before(10)
+    zipfile.ZipFile(checkpoints / "step-000000009.ckpt", "w").close()
+    assert run.finished_before(10)
 
 
 def test_dry_run_trains_side_by_side_stops_on_time_and_compares_at_a_common_step(tmp_path: Path):
