@@ -10,6 +10,7 @@ each forward) and without it. Runs alternate between the two settings; medians o
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -49,7 +50,7 @@ class BenchDDP:
                     for rank in ranks:
                         sync_s += rank["sync_s"][self.steps // 4 :]  # type: ignore[index]
         result = {
-            "command": "python " + " ".join(sys.argv),
+            "command": shlex.join(["python", *sys.argv]),
             "machine": machine("cpu"),
             "settings": {
                 "processes": 2,

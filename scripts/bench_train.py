@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -102,7 +103,7 @@ class BenchTrain:
 
         quality = self._quality(device) if self.quality_steps > 0 else None
         result = {
-            "command": "python " + " ".join(sys.argv),
+            "command": shlex.join(["python", *sys.argv]),
             "machine": machine(device),
             "settings": {
                 "rays_per_batch": rays,

@@ -23,6 +23,7 @@ import concurrent.futures
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -199,7 +200,7 @@ class Benchmark:
             with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
                 list(pool.map(lambda r: r.evaluate(step), trained))
         result = {
-            "command": "python " + " ".join(sys.argv),
+            "command": shlex.join(["python", *sys.argv]),
             "machine": machine(device),
             "preset": self.preset,
             "settings": {
