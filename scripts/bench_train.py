@@ -7,10 +7,9 @@ Every pipeline variant is built by nerfstudio's own Trainer on the same llff-dat
 same rays per batch and samples per ray, then trained for warm-up steps (compilation happens there) and timed
 steps, the variants taking turns step by step (callbacks + ``Trainer.train_iteration``, the work of one ns-train
 step). Reported: the median step time, rays/s, and MLP samples/s (coarse + fine samples per ray; the fine pass
-re-evaluates the coarse samples, as in
-vanilla-nerf). The bare-MLP rows time forward, backward and Adam of one NeRF MLP on the same number of samples
-per step: the arithmetic limit of a training step. A short quality check trains the same narrow model twice,
-with exact fp32 matmuls and with the fast ones, and compares held-out PSNR.
+re-evaluates the coarse samples, as in vanilla-nerf). The bare-MLP rows time forward, backward and Adam of one
+NeRF MLP on the same number of samples per step: the arithmetic limit of a training step. A short quality check
+trains the same narrow model twice, with exact fp32 matmuls and with the fast ones, and compares held-out PSNR.
 """
 
 from __future__ import annotations
