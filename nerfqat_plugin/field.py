@@ -12,6 +12,8 @@ from nerfstudio.fields.base_field import Field
 from nerfstudio.utils.external import TCNN_EXISTS
 from torch import Tensor, nn
 
+from nerfqat_plugin.quant.compiled import call
+from nerfqat_plugin.quant.int8 import one_graph
 from nerfqat_plugin.quant.layers import Activation
 
 EncodingImpl = Literal["auto", "tcnn", "torch"]
@@ -43,12 +45,14 @@ class QuantNeRFField(Field):
         position_encoding: NeRFEncoding,
         direction_encoding: NeRFEncoding,
         raw_noise_std: float = 0.0,
+        cpu_tile_samples: int = 0,
     ) -> None:
         super().__init__()
         self.position_encoding = position_encoding
         self.direction_encoding = direction_encoding
         self.mlp = mlp
         self.raw_noise_std = raw_noise_std
+        self.cpu_tile_samples = cpu_tile_samples
 
     @property
     def encoding(self) -> str:
@@ -66,7 +70,42 @@ class QuantNeRFField(Field):
         self, ray_samples: RaySamples, density_embedding: Optional[Activation] = None
     ) -> Dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
-        # a model that warps rays (NDC) passes the world viewing direction along in the ray metadata
-        view_dirs = (ray_samples.metadata or {}).get("view_directions", ray_samples.frustums.directions)
-        directions = self.direction_encoding(0.5 * view_dirs)
+        directions = self.direction_encoding(0.5 * _view_directions(ray_samples))
         return {FieldHeadNames.RGB: self.mlp.color(density_embedding, directions)}
+
+    def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> Dict[FieldHeadNames, Tensor]:
+        """As nerfstudio's ``Field.forward``. Rendering on a CPU without gradients, the MLP runs over tiles of
+        ``cpu_tile_samples`` samples, so that each tile's activations stay in the CPU's caches from one layer to the
+        next, and an integer MLP whose layers allow it (``int8.one_graph``) runs each tile as one compiled graph.
+        The values are the same: every sample is computed on its own, by the same arithmetic."""
+        positions = ray_samples.frustums.get_positions()
+        if compute_normals or torch.is_grad_enabled() or positions.device.type != "cpu":
+            return super().forward(ray_samples, compute_normals)
+        batch = positions.shape[:-1]
+        positions = positions.reshape(-1, 3)
+        view_dirs = _view_directions(ray_samples).reshape(-1, 3)
+        tile = self.cpu_tile_samples if self.cpu_tile_samples > 0 else max(positions.shape[0], 1)
+        whole = one_graph(self.mlp, positions.device)
+        densities, colors = [], []
+        for start in range(0, positions.shape[0], tile):
+            position_enc = self.position_encoding(0.5 * positions[start : start + tile])
+            direction_enc = self.direction_encoding(0.5 * view_dirs[start : start + tile])
+            density, logits = call(_mlp_outputs, (self.mlp, position_enc, direction_enc), whole)
+            densities.append(density)
+            colors.append(torch.sigmoid(logits))  # eager: compiled, it may differ in the last bit
+        return {
+            FieldHeadNames.DENSITY: torch.cat(densities).reshape(*batch, -1),
+            FieldHeadNames.RGB: torch.cat(colors).reshape(*batch, -1),
+        }
+
+
+def _mlp_outputs(mlp: nn.Module, position_enc: Tensor, direction_enc: Tensor) -> Tuple[Tensor, Tensor]:
+    """Density and RGB logits of encoded samples (no density noise: rendering)."""
+    raw, trunk_out = mlp.density(position_enc)
+    return torch.relu(raw), mlp.color_logits(trunk_out, direction_enc)
+
+
+def _view_directions(ray_samples: RaySamples) -> Tensor:
+    """The world viewing direction of each sample: a model that warps rays (NDC) passes it along in the ray
+    metadata, since the frustums then hold warped directions."""
+    return (ray_samples.metadata or {}).get("view_directions", ray_samples.frustums.directions)

@@ -65,6 +65,10 @@ class NeRFMLP(nn.Module):
 
     def color(self, trunk_out: Activation, direction_enc: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs 3"]:
         """RGB in [0, 1] from the trunk output and the encoded view direction."""
+        return torch.sigmoid(self.color_logits(trunk_out, direction_enc))
+
+    def color_logits(self, trunk_out: Activation, direction_enc: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs 3"]:
+        """``color`` before its sigmoid."""
         feature = self.feature(trunk_out)
         view = self.view(feature, self.direction_quant(direction_enc))
-        return torch.sigmoid(self.rgb_head(view))
+        return self.rgb_head(view)

@@ -86,6 +86,10 @@ class NeRFQATModelConfig(ModelConfig):
     int8_compile: bool = True
     """Fuse the integer layers' elementwise steps (input quantization, requantization, the 'int' kernel's epilogue)
     with torch.compile: several times faster, compiled on first use (seconds); falls back to eager on failure."""
+    cpu_tile_samples: int = 2048
+    """Rendering on a CPU (ns-eval, ns-render, the viewer: no gradients), run the MLPs over this many samples at a
+    time, so a tile's activations stay in the CPU's caches from layer to layer (same values; see benchmarks/ for the
+    speed-up). 0: the whole batch at once. Training and GPUs always take the whole batch."""
     loss_coefficients: Dict[str, float] = field(default_factory=lambda: {"rgb_loss_coarse": 1.0, "rgb_loss_fine": 1.0})
     """Weights of the coarse and fine photometric losses."""
 
@@ -136,7 +140,9 @@ class NeRFQATModel(Model):
             skip_layer=cfg.skip_layer,
             view_width=cfg.view_width,
         )
-        return QuantNeRFField(mlp, pos_enc, dir_enc, raw_noise_std=cfg.raw_noise_std)
+        return QuantNeRFField(
+            mlp, pos_enc, dir_enc, raw_noise_std=cfg.raw_noise_std, cpu_tile_samples=cfg.cpu_tile_samples
+        )
 
     @property
     def mlps(self) -> Tuple[nn.Module, nn.Module]:

@@ -33,8 +33,9 @@ _eager: Dict[Callable, str] = {}
 
 
 def call(fn: Callable, args: tuple, compile: bool):
-    """``fn(*args)``, through ``torch.compile`` if asked and compiling ``fn`` has not failed before."""
-    if not compile or fn in _eager:
+    """``fn(*args)``, through ``torch.compile`` if asked and compiling ``fn`` has not failed before; plainly inside a
+    function being compiled (the enclosing graph takes ``fn`` in)."""
+    if not compile or fn in _eager or torch.compiler.is_compiling():
         return fn(*args)
     trace = sys.gettrace()
     if trace is None:

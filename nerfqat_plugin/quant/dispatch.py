@@ -4,7 +4,8 @@ Exactness is checked, never assumed: before oneDNN's int8 product is used, ``one
 worst-case block (codes at their extremes) through it and compares with the exact product. On x86 CPUs without
 VNNI, oneDNN adds pairs of uint8 x int8 products into a saturating int16, so 8-bit activations times 8-bit weights
 overflow there (255 * 127 * 2 > 32767) while 7-bit weights or activations do not; there the product runs on the
-7-bit halves of the activation codes instead (``kernels.onednn_split_product``), where that is exact.
+activation codes split into their low 7 bits and their top bit (``kernels.onednn_split_product``: values up to
+128), where that is exact.
 
 Speed is measured, not assumed: among the exact candidates, a short timing on the layer's own shape (a few
 milliseconds, once per process and shape) picks the fastest; fp32 stays unless another is clearly faster, so no
@@ -196,7 +197,7 @@ def integer_products(device: torch.device, act_qmax: int, weight_qmax: int) -> L
     out: List[Product] = ["int_mm"]
     if onednn_exact(act_qmax, weight_qmax):
         out.append("onednn")
-    elif act_qmax > 127 and onednn_exact(127, weight_qmax):
+    elif act_qmax > 127 and onednn_exact(128, weight_qmax):
         out.append("onednn_split")
     return out
 

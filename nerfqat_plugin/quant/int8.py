@@ -3,8 +3,10 @@
 ``convert_to_int(module)`` swaps every ``QuantLinear`` for an ``IntLinear`` and every ``ActQuantizer`` for an
 ``IntActQuantizer`` in place, so the module's own wiring (its ``forward``) runs unchanged on integers.
 
-Activations travel as ``IntTensor``: uint8 codes in ``[0, 2**bits - 1]`` with their scale and zero point. What a
-layer computes with (``int8_kernel`` of the model config; ``dispatch.int8_kernel`` resolves it per layer and device):
+Activations travel as ``IntTensor``: codes in ``[0, 2**bits - 1]`` with their scale and zero point, as uint8 after
+an integer product and as fp32 (exact integers) after a float product, so that a float product reads the codes a
+float product wrote without a pass that converts them (a layer takes either). What a layer computes with
+(``int8_kernel`` of the model config; ``dispatch.int8_kernel`` resolves it per layer and device):
 
 - ``"int"``: an integer product of codes (``torch._int_mm``, oneDNN's int8 Linear, or oneDNN on 7-bit halves of the
   codes where the plain product would saturate; see ``kernels``), then, per input segment and in fp32, training's
@@ -16,6 +18,10 @@ layer computes with (``int8_kernel`` of the model config; ``dispatch.int8_kernel
   product is exact. It rounds its requantization its own way, so about one activation code in a million differs
   by one step from the fake-quantized model.
 - ``"auto"`` (the default): the fastest of all of these that are exact here, timed once per process and shape.
+
+Where every layer of an MLP runs a float product or ``_int_mm`` (``one_graph``), the field compiles the whole MLP
+as one graph when it renders on a CPU: one call per tile of samples instead of one per layer, and each layer's
+epilogue fused with the next layer's input.
 """
 
 from __future__ import annotations
@@ -43,8 +49,14 @@ _SHIFT = 128
 """``torch._int_mm`` takes int8: uint8 codes shifted down by this."""
 
 
+FLOAT_PRODUCTS = ("fp32", "bf16")
+"""The products whose inputs and outputs travel as fp32 codes."""
+ONE_GRAPH_KERNELS = FLOAT_PRODUCTS + ("int_mm",)
+"""The kernels a compiled graph can hold several layers of (oneDNN's need their prepacked weights as constants)."""
+
+
 class IntTensor(NamedTuple):
-    """An activation: uint8 codes with its scale and zero point (0-d tensors)."""
+    """An activation: codes (uint8, or fp32 holding the same integers) with its scale and zero point (0-d)."""
 
     codes: Tensor
     scale: Tensor
@@ -53,10 +65,17 @@ class IntTensor(NamedTuple):
     def dequantize(self) -> Tensor:
         return (self.codes.float() - self.zero_point) * self.scale
 
+    def as_uint8(self) -> "IntTensor":
+        """The same activation with uint8 codes."""
+        if self.codes.dtype == torch.uint8:
+            return self
+        return IntTensor(self.codes.to(torch.uint8), self.scale, self.zero_point)
 
-def _requantize(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu: ReLU) -> Tensor:
-    """Float to uint8 codes with training's rounding."""
-    return activation_codes(y, scale, zero_point, qmax, relu).to(torch.uint8)
+
+def _requantize(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu: ReLU, as_float: bool = False) -> Tensor:
+    """Float to codes with training's rounding: uint8, or fp32 with ``as_float``."""
+    codes = activation_codes(y, scale, zero_point, qmax, relu)
+    return codes if as_float else codes.to(torch.uint8)
 
 
 class IntActQuantizer(nn.Module):
@@ -78,7 +97,8 @@ def _accumulate(
     inputs: Sequence[Tuple[Tensor, Tensor, Tensor]], weights: Sequence[Tensor], row_sums: Sequence[Tensor], product: str
 ) -> List[Tensor]:
     """``(codes - zero_point) @ w`` of each input as fp32, with ``product`` "int_mm" or "fp32"; ``weights[i]`` is the
-    ``[in_i, out]`` int8 slice of the weight codes for input ``i``."""
+    ``[in_i, out]`` slice of the weight codes for input ``i`` (int8, or fp32 for the fp32 product) and
+    ``row_sums[i]`` its sums over ``in_i``."""
     accs = []
     for (codes, _, zero_point), w, rows in zip(inputs, weights, row_sums, strict=True):
         if product == "int_mm":
@@ -87,7 +107,8 @@ def _accumulate(
             acc = int_mm(shifted, w) + (_SHIFT - zero_point).to(torch.int32) * rows
             accs.append(acc.float())
         else:
-            accs.append((codes.float() - zero_point) @ w.float())
+            # codes @ w - zero_point * rowsum(w): the product reads the codes as they are (integers below 2**24)
+            accs.append(codes.float() @ w - zero_point * rows)
     return accs
 
 
@@ -114,7 +135,7 @@ def _int_linear(
     y = rescale(accs, [scale for _, scale, _ in inputs], weight_scale, bias)
     if out_scale is None or out_zero_point is None:
         return y
-    return _requantize(y, out_scale, out_zero_point, qmax, relu)
+    return _requantize(y, out_scale, out_zero_point, qmax, relu, product in FLOAT_PRODUCTS)
 
 
 class IntLinear(nn.Module):
@@ -153,8 +174,12 @@ class IntLinear(nn.Module):
         """Per-segment weight layouts for the kernels (derived from ``weight_codes``, not saved)."""
         segments = self.weight_codes.split(self.in_splits, dim=1)
         self._weights = [s.t().contiguous() for s in segments]
-        self._row_sums = [s.to(torch.int32).sum(dim=1) for s in segments]
-        self._packed_weights = None
+        self._row_sums = [s.to(torch.int32).sum(dim=1, dtype=torch.int32) for s in segments]
+        # the float products' operands, exact in fp32
+        self._float_weights = [w.float() for w in self._weights]
+        self._float_row_sums = [r.float() for r in self._row_sums]
+        self._packed_weights: Dict[bool, list] = {}
+        self._graph_kernel = ""
 
     def _apply(self, fn, recurse=True):  # keep the derived tensors on the module's device
         super()._apply(fn, recurse)
@@ -184,12 +209,16 @@ class IntLinear(nn.Module):
         if kernel == FUSED:
             return lambda: self._onednn_fused(inputs, compile=False)
         tuples = [tuple(x) for x in inputs]
-        return lambda: self._accumulators(kernel, inputs) or _accumulate(tuples, self._weights, self._row_sums, kernel)
+        weights, row_sums = self._operands(kernel)
+        return lambda: self._accumulators(kernel, inputs) or _accumulate(tuples, weights, row_sums, kernel)
 
     def forward(self, *inputs: IntTensor):
-        kernel = self.resolved_kernel(self.weight_codes.device)
+        # traced into one graph (``one_graph``): the kernel it resolved beforehand
+        kernel = self._graph_kernel if torch.compiler.is_compiling() else self.resolved_kernel(self.weight_codes.device)
         lead = inputs[0].codes.shape[:-1]
         flat = [IntTensor(x.codes.reshape(-1, x.codes.shape[-1]), x.scale, x.zero_point) for x in inputs]
+        if kernel not in FLOAT_PRODUCTS:  # integer kernels take uint8 codes (float products take either)
+            flat = [x.as_uint8() for x in flat]
         y = self._run(kernel, flat, self.compile)
         y = y.reshape(*lead, y.shape[-1])
         if self.out_scale is None:
@@ -199,20 +228,28 @@ class IntLinear(nn.Module):
     def _accumulators(self, kernel: str, inputs: List[IntTensor]) -> Optional[List[Tensor]]:
         """The accumulators of the products formed outside the compiled epilogue (oneDNN, bf16), else None."""
         n = self.weight_codes.shape[0]
-        if kernel in ("onednn", "onednn_split"):
-            multiply = onednn_product if kernel == "onednn" else onednn_split_product
-            return [multiply(x.codes, int(x.zero_point), p, n) for x, p in zip(inputs, self._packed(), strict=True)]
+        if kernel == "onednn":
+            packed = self._packed()
+            return [onednn_product(x.codes, int(x.zero_point), p, n) for x, p in zip(inputs, packed, strict=True)]
+        if kernel == "onednn_split":
+            segments = zip(inputs, self._packed(split=True), self._row_sums, strict=True)
+            return [onednn_split_product(x.codes, int(x.zero_point), p, rows, self.compile) for x, p, rows in segments]
         if kernel == "bf16":
             return [mm_fp32_out(x.codes.float() - x.zero_point, w) for x, w in zip(inputs, self._weights, strict=True)]
         return None
+
+    def _operands(self, kernel: str) -> Tuple[List[Tensor], List[Tensor]]:
+        """Weight codes ``[in_i, out]`` and their row sums per input segment, as ``kernel``'s product takes them."""
+        if kernel in FLOAT_PRODUCTS:
+            return self._float_weights, self._float_row_sums
+        return self._weights, self._row_sums
 
     def _run(self, kernel: str, inputs: List[IntTensor], compile: bool) -> Tensor:
         if kernel == FUSED:
             return self._onednn_fused(inputs, compile)
         args = (
             [tuple(x) for x in inputs],
-            self._weights,
-            self._row_sums,
+            *self._operands(kernel),
             self._accumulators(kernel, inputs),
             self.weight_scale,
             self.bias,
@@ -224,11 +261,12 @@ class IntLinear(nn.Module):
         )
         return call(_int_linear, args, compile)
 
-    def _packed(self) -> list:
-        """oneDNN's prepacked weights, one per input segment (made on first use)."""
-        if self._packed_weights is None:
-            self._packed_weights = [onednn_prepack(s) for s in self.weight_codes.split(self.in_splits, dim=1)]
-        return self._packed_weights
+    def _packed(self, split: bool = False) -> list:
+        """oneDNN's prepacked weights (``kernels.onednn_prepack``), one per input segment (made on first use)."""
+        if split not in self._packed_weights:
+            segments = self.weight_codes.split(self.in_splits, dim=1)
+            self._packed_weights[split] = [onednn_prepack(s, split) for s in segments]
+        return self._packed_weights[split]
 
     def _onednn_fused(self, inputs: List[IntTensor], compile: bool) -> Tensor:
         """oneDNN int8 Linear; several inputs: all but the last to fp32, summed into the last one's epilogue."""
@@ -304,6 +342,18 @@ def convert_to_int(module: nn.Module, kernel: Kernel = "auto", compile: bool = F
         else:
             convert_to_int(child, kernel, compile)
     return module
+
+
+def one_graph(module: nn.Module, device: torch.device) -> bool:
+    """Whether the integer layers inside ``module`` may be compiled as one graph on ``device`` (fewer calls, and
+    inductor fuses each layer's epilogue with the next layer's input): all of them compiled, each running a kernel
+    of ``ONE_GRAPH_KERNELS``. Resolves every layer's kernel first (timing it on first use), for the trace."""
+    layers = [m for m in module.modules() if isinstance(m, IntLinear)]
+    if not layers or not all(m.compile for m in layers):
+        return False
+    for m in layers:
+        m._graph_kernel = m.resolved_kernel(device)
+    return all(m._graph_kernel in ONE_GRAPH_KERNELS for m in layers)
 
 
 def set_kernel(module: nn.Module, kernel: Kernel, compile: bool) -> None:

@@ -9,8 +9,9 @@ Products (names used by ``dispatch`` and in its log):
 - ``onednn``: oneDNN's int8 Linear (``torch.ops.onednn.qlinear_pointwise``), uint8 x int8 into int32. CPU. On x86
   CPUs without VNNI it adds pairs of products into a saturating int16 (``vpmaddubsw``), so 8-bit activations times
   8-bit weights overflow there: ``dispatch.onednn_exact`` checks the machine before it is chosen.
-- ``onednn_split``: the same kernel twice, on the low 7 bits of the activation codes and on their top bit
-  (``codes = 128 * hi + lo``): every pair then stays below 2 * 127 * 127 < 32767, exact without VNNI.
+- ``onednn_split``: the same kernel once, at twice the depth: the low 7 bits of the activation codes and their top
+  bit (as 0 or 128) side by side, against the weight codes twice (``codes = lo + top``). Every pair then stays
+  within 2 * 128 * 127 < 32767, exact without VNNI.
 
 oneDNN can also scale, add the bias, apply the ReLU and requantize inside the same call (``onednn_linear``), which
 the integer export's fused kernel uses. Training's gradient products take bf16 or fp32 operands.
@@ -34,9 +35,13 @@ def onednn_available() -> bool:
     return hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
-def onednn_prepack(w_codes: Tensor):
-    """oneDNN's packed layout of int8 weight codes ``[out, in]``."""
-    return torch.ops.onednn.qlinear_prepack(w_codes.to(torch.int8).contiguous(), None)
+def onednn_prepack(w_codes: Tensor, split: bool = False):
+    """oneDNN's packed layout of int8 weight codes ``[out, in]``; with ``split``, of ``[w_codes, w_codes]`` side by
+    side (``[out, 2 * in]``), the weights of ``onednn_split_product``."""
+    w = w_codes.to(torch.int8)
+    if split:
+        w = torch.cat([w, w], dim=1)
+    return torch.ops.onednn.qlinear_prepack(w.contiguous(), None)
 
 
 def onednn_linear(
@@ -79,18 +84,22 @@ def onednn_product(codes: Tensor, zero_point: int, packed, out_features: int) ->
     return onednn_linear(codes, 1.0, zero_point, packed, torch.ones(out_features))
 
 
-def _halves(codes: Tensor):
-    return codes >> 7, codes & 127
+def _halves(codes: Tensor) -> Tensor:
+    return torch.cat([codes & 127, codes & 128], dim=-1)
 
 
-def onednn_split_product(codes: Tensor, zero_point: int, packed, out_features: int, compile: bool = False) -> Tensor:
-    """``onednn_product`` from two products of 7-bit codes: ``128 * (hi @ w.T) + (lo - zero_point) @ w.T``.
+def onednn_split_product(
+    codes: Tensor, zero_point: int, packed_split, row_sums: Tensor, compile: bool = False
+) -> Tensor:
+    """``onednn_product`` without VNNI: one oneDNN product of depth ``2 * in``, the low 7 bits of the codes and their
+    top bit (0 or 128) side by side, against ``onednn_prepack(w_codes, split=True)``.
 
-    Each partial sum is an integer below 2**24 in fp32 and 128 is a power of two, so the sum is exact."""
-    hi, lo = call(_halves, (codes,), compile)
-    ones = torch.ones(out_features)
-    top = onednn_linear(hi, 128.0, 0, packed, ones)
-    return onednn_linear_sum(lo, 1.0, zero_point, packed, ones, top, torch.zeros(out_features), "none")
+    Every pair of products oneDNN adds in int16 stays within ``2 * 128 * 127 < 32767``. The zero point enters as
+    the bias ``-zero_point * row_sums`` (``row_sums``: each output's sum of weight codes): ``(codes - zp) @ w.T =
+    codes @ w.T - zp * row_sums``, integers below 2**24, so exact in fp32."""
+    both = call(_halves, (codes,), compile)
+    bias = row_sums.float() * -float(zero_point)
+    return onednn_linear(both, 1.0, 0, packed_split, torch.ones(row_sums.shape[0]), bias)
 
 
 @lru_cache(maxsize=None)
@@ -137,10 +146,10 @@ def codes_product(centered: Tensor, zero_point: Tensor, w_codes: Tensor, product
     """
     if product in ("onednn", "onednn_split"):
         codes = call(_to_uint8, (centered, zero_point), compile)
-        packed, n = onednn_prepack(w_codes), w_codes.shape[0]
         if product == "onednn":
-            return onednn_product(codes, int(zero_point), packed, n)
-        return onednn_split_product(codes, int(zero_point), packed, n, compile)
+            return onednn_product(codes, int(zero_point), onednn_prepack(w_codes), w_codes.shape[0])
+        packed = onednn_prepack(w_codes, split=True)
+        return onednn_split_product(codes, int(zero_point), packed, w_codes.sum(dim=1), compile)
     if product == "bf16":
         return mm_fp32_out(centered, w_codes.T)
     return centered.float() @ w_codes.T

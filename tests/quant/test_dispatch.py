@@ -10,7 +10,7 @@ from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, dispatch, set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.dispatch import FP32, TrainPath, int8_kernel, onednn_exact, pick, train_path
 from nerfqat_plugin.quant.int8 import IntLinear, convert_to_int, set_kernel
-from nerfqat_plugin.quant.kernels import onednn_available
+from nerfqat_plugin.quant.kernels import onednn_available, onednn_prepack, onednn_split_product
 
 CPU = torch.device("cpu")
 
@@ -31,8 +31,9 @@ def _vnni() -> bool:
 def test_onednn_self_check_finds_the_int16_saturation_exactly_where_vnni_is_missing():
     # without VNNI, pairs of uint8 x int8 products add into a saturating int16: 2 * 255 * 127 > 32767
     assert onednn_exact(255, 127) == _vnni(), dispatch.isa_summary()
-    # a 7-bit side keeps every pair below 32767 (2 * 127 * 127, 2 * 255 * 63): exact on every x86 CPU
-    assert onednn_exact(127, 127) and onednn_exact(255, 63)
+    # a 7-bit side keeps every pair below 32767 (2 * 127 * 127, 2 * 255 * 63): exact on every x86 CPU; so do
+    # activations up to 128, the split product's halves (2 * 128 * 127 = 32512)
+    assert onednn_exact(127, 127) and onednn_exact(255, 63) and onednn_exact(128, 127)
 
 
 def test_pick_keeps_the_baseline_unless_another_is_clearly_faster():
@@ -107,7 +108,7 @@ def test_named_integer_kernel_that_is_not_exact_here_falls_back(monkeypatch, cap
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
 def test_integer_kernel_choice_on_each_class_of_cpu(monkeypatch):
     """Without VNNI: the fused kernel is out, the split oneDNN product is in; with it: the reverse."""
-    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: a <= 127)  # an AVX2 CPU
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: a <= 128)  # an AVX2 CPU: 2 * 128 * 127 < 32767
     assert dispatch.int8_candidates(CPU, 255, 127, "auto") == ["fp32", "int_mm", "onednn_split"]
     assert dispatch.int8_candidates(CPU, 127, 127, "auto") == ["fp32", "int_mm", "onednn", "onednn_fused"]
     times = {"fp32": 0.004, "int_mm": 0.05, "onednn_split": 0.002, "onednn": 0.001, "onednn_fused": 0.0005}
@@ -158,3 +159,24 @@ def test_machine_report_names_the_isa_and_the_decisions():
     report = dispatch.machine_report()
     assert set(report["cpu_isa"]) >= {"avx2", "avx512_vnni", "avx512_bf16"}
     assert report["kernel_decisions"] and "16->8" in report["kernel_decisions"][0]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
+@pytest.mark.parametrize("depth", [27, 63, 319])
+@pytest.mark.parametrize("zero_point", [0, 3, 128])
+def test_split_product_is_exact_at_the_extremes(depth, zero_point):
+    """The 7-bit split product on every CPU (it needs no VNNI): codes at 255 and 128 against rows of +-127, mixed
+    signs and random codes, with the zero point folded into the bias."""
+    g = torch.Generator().manual_seed(depth + zero_point)
+    rows = [torch.full((depth,), 127.0), torch.full((depth,), -127.0)]
+    rows.append(torch.where(torch.arange(depth) % 2 == 0, 127.0, -127.0))
+    rows.append(torch.randint(-127, 128, (depth,), generator=g).float())
+    w = torch.stack(rows)
+    codes = torch.cat([
+        torch.full((4, depth), 255, dtype=torch.uint8),
+        torch.full((4, depth), 128, dtype=torch.uint8),
+        torch.randint(0, 256, (64, depth), generator=g, dtype=torch.uint8),
+    ])  # fmt: skip
+    expected = (codes.double() - zero_point) @ w.double().T
+    got = onednn_split_product(codes, zero_point, onednn_prepack(w, split=True), w.sum(dim=1))
+    assert got.dtype == torch.float32 and torch.equal(got.double(), expected)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nerfqat_plugin.mlp import NeRFMLP
-from nerfqat_plugin.quant import QuantConfig, set_quant_state
+from nerfqat_plugin.quant import QuantConfig, int8, set_quant_state
 from nerfqat_plugin.quant.dispatch import FUSED, int8_candidates
 from nerfqat_plugin.quant.int8 import IntLinear, IntTensor, convert_to_int, set_kernel
 from nerfqat_plugin.quant.kernels import int_mm, onednn_available
@@ -130,3 +130,40 @@ def test_int_mm_padded_for_cuda_shapes_is_the_plain_product(m, k, n):
     expected = a.to(torch.int64) @ b.to(torch.int64)
     assert torch.equal(int_mm(a, b, pad=True).to(torch.int64), expected)
     assert torch.equal(int_mm(a, b, pad=False).to(torch.int64), expected)
+
+
+def test_layers_of_float_and_integer_products_mixed_hand_codes_on_exactly(monkeypatch):
+    """Codes travel as fp32 after a float product and as uint8 after an integer one; a layer takes either."""
+    import nerfqat_plugin.quant.int8 as int8
+
+    # trunk and feature layers (64 wide) multiply in fp32, the heads and the view layer with _int_mm
+    monkeypatch.setattr(int8, "int8_kernel", lambda device, k, n, *rest: "fp32" if n == 64 else "int_mm")
+    mlp = _trained_mlp(QuantConfig())
+    int_mlp = convert_to_int(copy.deepcopy(mlp))
+    pos, dirs = torch.rand(300, 63) * 2 - 1, torch.rand(300, 27) * 2 - 1
+    for expected, got in zip(_outputs(mlp, pos, dirs), _outputs(int_mlp, pos, dirs), strict=True):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2], ids=["w8a8", "w8a8-unfused"])
+def test_one_compiled_graph_per_mlp_gives_the_fake_quantized_outputs(config):
+    """Float products (and _int_mm) let a whole integer MLP compile as one graph (what CPU rendering runs): the
+    same density and RGB logits, bit for bit; oneDNN's kernels keep their own calls."""
+    from nerfqat_plugin.field import _mlp_outputs
+    from nerfqat_plugin.quant.compiled import call, eager_functions
+
+    mlp = _trained_mlp(config)
+    int_mlp = convert_to_int(copy.deepcopy(mlp), kernel="float", compile=True)
+    assert int8.one_graph(int_mlp, torch.device("cpu"))
+    pos, dirs = torch.rand(2, 300, 63) * 2 - 1, torch.rand(2, 300, 27) * 2 - 1
+    with torch.no_grad():
+        expected = _mlp_outputs(mlp, pos, dirs)
+        got = call(_mlp_outputs, (int_mlp, pos, dirs), True)
+    assert "_mlp_outputs" not in eager_functions()
+    for e, g in zip(expected, got, strict=True):
+        assert torch.equal(g, e), (g - e).abs().max()
+    if onednn_available():
+        set_kernel(int_mlp, "onednn", compile=True)  # oneDNN (or, where inexact here, its fallback)
+        layers = [m for m in int_mlp.modules() if isinstance(m, IntLinear)]
+        uses_onednn = any(m.resolved_kernel(torch.device("cpu")).startswith("onednn") for m in layers)
+        assert int8.one_graph(int_mlp, torch.device("cpu")) == (not uses_onednn)
