@@ -5,8 +5,9 @@
    the default, and "int", "float", "onednn" asked for by name; epilogues compiled), plus "auto" eager.
    Timed repetitions are interleaved; the median is reported, with the kernels each setting ran.
 2. Eval throughput (what ns-eval measures, rays/s over the held-out views): an fp32 run and a QAT run,
-   both trained briefly with the default architecture on the demo scene, and the QAT run's int8 export.
-   Each pipeline renders one image first (warm-up, includes torch.compile), then the timed pass.
+   both trained briefly with the default architecture on the demo scene, and the QAT run's int8 export, each with
+   the MLPs over the whole batch and (CPU) in tiles of the default ``cpu_tile_samples``. Each pipeline renders one
+   view first (warm-up, includes kernel timing and torch.compile); then every variant renders each view in turn.
 
     python scripts/bench_int8.py --output benchmarks/int8_cpu_avx2
 """
@@ -101,17 +102,49 @@ def mlp_benchmark(batch: int, repeats: int, device: str) -> Dict[str, object]:
     }
 
 
-def eval_rays_per_s(config: Path) -> Dict[str, float]:
+def load_pipeline(config: Path):
     from nerfstudio.utils.eval_utils import eval_setup
 
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
-    camera, _ = next(iter(pipeline.datamanager.fixed_indices_eval_dataloader))
-    pipeline.model.get_outputs_for_camera(camera)  # warm-up (torch.compile for the int8 export)
-    metrics = pipeline.get_average_eval_image_metrics()
-    return {"rays_per_s": metrics["num_rays_per_sec"], "psnr": metrics["psnr"]}
+    return pipeline
 
 
-def eval_benchmark(work: Path, steps: int, rays: int, size: int, device: str) -> Dict[str, object]:
+def set_tile(pipeline, samples: int) -> None:
+    for f in (pipeline.model.field_coarse, pipeline.model.field_fine):
+        f.cpu_tile_samples = samples
+
+
+def eval_rates(pipelines: Dict[str, object], tiles: Dict[str, int], rounds: int) -> Dict[str, Dict[str, float]]:
+    """rays/s of each variant (a pipeline at a CPU tile size) over the held-out views, rendered as ns-eval does
+    (``get_outputs_for_camera``), each view by every variant in turn (after one warm-up view each), ``rounds`` times;
+    PSNR of the last round."""
+    from nerfstudio.utils.eval_utils import eval_setup  # noqa: F401  (nerfstudio's imports, before the first render)
+
+    variants = {f"{name}/tile {tile}": (name, tile) for name in pipelines for tile in tiles.values()}
+    seconds = {v: 0.0 for v in variants}
+    rays = {v: 0 for v in variants}
+    psnr: Dict[str, List[float]] = {v: [] for v in variants}
+    first = {name: True for name in pipelines}
+    for r in range(rounds):
+        views = list(next(iter(pipelines.values())).datamanager.fixed_indices_eval_dataloader)
+        for camera, batch in views:
+            for variant, (name, tile) in variants.items():
+                pipeline = pipelines[name]
+                set_tile(pipeline, tile)
+                if first[name]:  # warm-up (kernel timing, torch.compile)
+                    pipeline.model.get_outputs_for_camera(camera)
+                    first[name] = False
+                start = time.perf_counter()
+                outputs = pipeline.model.get_outputs_for_camera(camera)
+                seconds[variant] += time.perf_counter() - start
+                rays[variant] += camera.height.item() * camera.width.item()
+                if r == rounds - 1:
+                    metrics, _ = pipeline.model.get_image_metrics_and_images(outputs, batch)
+                    psnr[variant].append(float(metrics["psnr"]))
+    return {v: {"rays_per_s": rays[v] / seconds[v], "psnr": statistics.mean(psnr[v])} for v in variants}
+
+
+def eval_benchmark(work: Path, steps: int, rays: int, size: int, rounds: int, device: str) -> Dict[str, object]:
     scene = work / "scene"
     subprocess.run(
         [sys.executable, str(REPO / "scripts/make_demo_scene.py"), "--output", str(scene), "--width", str(size),
@@ -126,12 +159,16 @@ def eval_benchmark(work: Path, steps: int, rays: int, size: int, device: str) ->
         configs[name] = find_config(work / "outputs", name, "nerf-qat")
     ns("ns-export-int8", "--load-config", configs["qat"], "--output-dir", work / "int8", cwd=work)
     configs["int8_export"] = work / "int8" / "config.yml"
-    results = {name: eval_rays_per_s(cfg) for name, cfg in configs.items()}
-    base = results["fp32"]["rays_per_s"]
+    pipelines = {name: load_pipeline(cfg) for name, cfg in configs.items()}
+    default_tile = pipelines["fp32"].model.config.cpu_tile_samples
+    tiles = {"whole batch": 0, "default": default_tile} if device == "cpu" else {"whole batch": 0}
+    results = eval_rates(pipelines, tiles, rounds)
+    base = results[f"fp32/tile {default_tile if device == 'cpu' else 0}"]["rays_per_s"]
     return {
         "scene": f"demo scene {size}x{size * 3 // 4}, 3 held-out views",
         "train_steps": steps,
         "train_rays_per_batch": rays,
+        "rounds": rounds,
         "architecture": "default (8x256, 64 coarse + 128 fine samples)",
         "results": results,
         "speedup_vs_fp32": {k: v["rays_per_s"] / base for k, v in results.items()},
@@ -154,6 +191,8 @@ class BenchInt8:
     """Rays per training batch for those runs."""
     eval_size: int = 64
     """Width of the demo scene's images for the eval benchmark."""
+    eval_rounds: int = 2
+    """Times every variant renders each held-out view (views interleaved across variants)."""
     skip_eval: bool = False
     """Only run the MLP benchmark."""
     device: Optional[str] = None
@@ -169,7 +208,9 @@ class BenchInt8:
         if not self.skip_eval:
             print("eval benchmark (trains two tiny runs, exports, evaluates) ...", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                result["eval"] = eval_benchmark(Path(tmp), self.eval_steps, self.eval_rays, self.eval_size, device)
+                result["eval"] = eval_benchmark(
+                    Path(tmp), self.eval_steps, self.eval_rays, self.eval_size, self.eval_rounds, device
+                )
             print(json.dumps(result["eval"], indent=1), flush=True)
         result["machine"] = machine(device)  # after the runs: it lists the kernel decisions made
         self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +251,8 @@ def report(result: Dict) -> str:
             f"## Eval throughput ({ev['scene']}; {ev['architecture']})",
             "",
             f"Runs trained {ev['train_steps']} steps at {ev['train_rays_per_batch']} rays/batch (speed only; "
-            "quality is not the point here). Timed pass after one warm-up image.",
+            "quality is not the point here). Each variant rendered every view "
+            f"{ev.get('rounds', 1)} time(s), views interleaved across variants, after one warm-up view.",
             "",
             "| run | rays/s | vs fp32 | PSNR |",
             "|---|---:|---:|---:|",
