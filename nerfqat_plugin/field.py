@@ -78,9 +78,9 @@ class QuantNeRFField(Field):
         ``cpu_tile_samples`` samples, so that each tile's activations stay in the CPU's caches from one layer to the
         next, and an integer MLP whose layers allow it (``int8.one_graph``) runs each tile as one compiled graph.
         The values are the same: every sample is computed on its own, by the same arithmetic."""
-        positions = ray_samples.frustums.get_positions()
-        if compute_normals or torch.is_grad_enabled() or positions.device.type != "cpu":
+        if compute_normals or torch.is_grad_enabled() or ray_samples.frustums.origins.device.type != "cpu":
             return super().forward(ray_samples, compute_normals)
+        positions = ray_samples.frustums.get_positions()
         batch = positions.shape[:-1]
         positions = positions.reshape(-1, 3)
         view_dirs = _view_directions(ray_samples).reshape(-1, 3)
