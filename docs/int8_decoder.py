@@ -64,10 +64,11 @@ class Codes(NamedTuple):
 
 
 def quantize(y: np.ndarray, scale: np.float32, zero_point: np.float32, qmax: int, relu: Optional[str]) -> np.ndarray:
-    """clamp(round_half_even(v / scale) + zero_point, 0, qmax), v = relu(y) when fused; unfused: then at least the
-    zero point (the ReLU on codes)."""
+    """clamp(round_half_even(v * r + zero_point), 0, qmax) with r = float32(1 / scale), v = relu(y) when fused;
+    unfused: then at least the zero point (the ReLU on codes)."""
     v = np.maximum(y, F32(0)) if relu == "fused" else y
-    q = np.clip(np.rint((v / scale).astype(F32)) + zero_point, 0, qmax).astype(F32)
+    r = (F32(1) / scale).astype(F32)
+    q = np.clip(np.rint(((v * r).astype(F32) + zero_point).astype(F32)), 0, qmax).astype(F32)
     return np.maximum(q, zero_point) if relu == "unfused" else q
 
 
@@ -78,16 +79,22 @@ class Linear(NamedTuple):
     out: Optional[Tuple[np.float32, np.float32]]  # (scale, zero point) of the output quantizer, or float output
 
     def __call__(self, inputs: List[Codes]) -> np.ndarray:
-        """Float output y = sum_i acc_i * (s_i * w_scale) + bias, acc_i = (codes_i - zp_i) @ w_i^T exactly."""
-        y = None
+        """Float output y = (part_n + bias) + (part_1 + ... + part_n-1), part_i = acc_i * (s_i * w_scale),
+        acc_i = (codes_i - zp_i) @ w_i^T exactly."""
+        parts = []
         start = 0
         for x in inputs:
             width = x.codes.shape[1]
             acc = (x.codes.astype(np.int64) - np.int64(x.zero_point)) @ self.codes[:, start : start + width].T
-            part = (acc.astype(F32) * (x.scale * self.scale).astype(F32)).astype(F32)
-            y = part if y is None else (y + part).astype(F32)
+            parts.append((acc.astype(F32) * (x.scale * self.scale).astype(F32)).astype(F32))
             start += width
-        return (y + self.bias).astype(F32)
+        y = (parts[-1] + self.bias).astype(F32)
+        if len(parts) == 1:
+            return y
+        rest = parts[0]
+        for part in parts[1:-1]:
+            rest = (rest + part).astype(F32)
+        return (y + rest).astype(F32)
 
 
 class Outputs(NamedTuple):

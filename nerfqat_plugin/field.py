@@ -85,7 +85,7 @@ class QuantNeRFField(Field):
         positions = positions.reshape(-1, 3)
         view_dirs = _view_directions(ray_samples).reshape(-1, 3)
         tile = self.cpu_tile_samples if self.cpu_tile_samples > 0 else max(positions.shape[0], 1)
-        whole = one_graph(self.mlp, positions.device)
+        whole = one_graph(self.mlp, positions.device, min(tile, positions.shape[0]))
         densities, colors = [], []
         for start in range(0, positions.shape[0], tile):
             position_enc = self.position_encoding(0.5 * positions[start : start + tile])

@@ -7,9 +7,10 @@ overflow there (255 * 127 * 2 > 32767) while 7-bit weights or activations do not
 activation codes split into their low 7 bits and their top bit (``kernels.onednn_split_product``: values up to
 128), where that is exact.
 
-Speed is measured, not assumed: among the exact candidates, a short timing on the layer's own shape (a few
-milliseconds, once per process and shape) picks the fastest; fp32 stays unless another is clearly faster, so no
-choice is slower than fp32. bf16 matrix products, for instance, are several times faster than fp32 on CPUs with
+Speed is measured, not assumed: among the exact candidates, a short timing on the layer's own shape and on as many
+rows as the layer is given (the training batch, the render tile; up to ``MAX_TIMING_ROWS``), once per process,
+shape and power of two of rows, picks the fastest; fp32 stays unless another is clearly faster, so no choice is
+slower than fp32. bf16 matrix products, for instance, are several times faster than fp32 on CPUs with
 native bf16 and on GPUs, and about 7x slower on CPUs that emulate them (AVX2).
 
 Each decision is said once on stderr and kept in ``decisions()`` for benchmark reports.
@@ -21,7 +22,7 @@ import os
 import sys
 import time
 from functools import lru_cache
-from typing import Callable, Dict, List, Literal, NamedTuple, Tuple, Union
+from typing import Callable, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -42,6 +43,12 @@ PRODUCT_MARGIN = 1.1
 """An exact product replaces fp32 only when measured at least this many times faster."""
 GRAD_MARGIN = 1.2
 """bf16 gradient products (which round the gradients) replace fp32 only when at least this many times faster."""
+
+MAX_TIMING_ROWS = {"cpu": 16384, "cuda": 65536}
+"""Most rows a candidate is timed on (a decision then stays under a second per shape); larger batches are timed
+on this many, where every candidate has long reached its full speed."""
+MIN_TIMING_ROWS = 256
+"""Fewest rows a candidate is timed on."""
 
 _decisions: Dict[tuple, str] = {}
 
@@ -173,8 +180,13 @@ def pick(seconds: Dict[str, float], baseline: str, margin: float) -> str:
     return best if best == baseline or seconds[best] * margin <= seconds[baseline] else baseline
 
 
-def _rows(device: torch.device) -> int:
-    return 8192 if device.type == "cuda" else 2048
+def timing_rows(device: torch.device, rows: Optional[int]) -> int:
+    """How many rows a layer given ``rows`` rows is timed on: the next power of two, within ``MIN_TIMING_ROWS`` and
+    ``MAX_TIMING_ROWS`` (decisions are made, and kept, per such bucket); None: the largest."""
+    cap = MAX_TIMING_ROWS.get(device.type, MAX_TIMING_ROWS["cpu"])
+    if rows is None:
+        return cap
+    return min(cap, max(MIN_TIMING_ROWS, 1 << max(int(rows) - 1, 0).bit_length()))
 
 
 def _fmt(seconds: Dict[str, float]) -> str:
@@ -217,30 +229,38 @@ def train_product_candidates(device: torch.device, act_qmax: int, weight_qmax: i
 
 
 def train_path(
-    device: torch.device, in_features: int, out_features: int, act_qmax: int, weight_qmax: int, mode: MatmulMode
+    device: torch.device,
+    in_features: int,
+    out_features: int,
+    act_qmax: int,
+    weight_qmax: int,
+    mode: MatmulMode,
+    rows: Optional[int] = None,
 ) -> TrainPath:
-    """How a fake-quantized Linear of this shape multiplies on ``device``.
+    """How a fake-quantized Linear of this shape, given batches of ``rows`` rows, multiplies on ``device``.
 
     ``mode``: False, fp32 throughout; True, the fastest exact product on paper (int8 or bf16) and bf16 gradient
-    products, unmeasured; "auto", measured on this shape (see the module docstring).
+    products, unmeasured; "auto", measured on this shape and ``timing_rows(device, rows)`` rows (see the module
+    docstring).
     """
     if mode is False:
         return FP32
-    return _train_path(device.type, device.index, in_features, out_features, act_qmax, weight_qmax, mode)
+    timed = timing_rows(device, rows) if mode == "auto" else 0
+    return _train_path(device.type, device.index, in_features, out_features, act_qmax, weight_qmax, mode, timed)
 
 
 @lru_cache(maxsize=None)
-def _train_path(device_type, index, k, n, act_qmax, weight_qmax, mode) -> TrainPath:
+def _train_path(device_type, index, k, n, act_qmax, weight_qmax, mode, rows) -> TrainPath:
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     products = train_product_candidates(device, act_qmax, weight_qmax)
     if mode is True:
         return TrainPath(products[-1], "bf16")
-    seconds, grad_seconds = _time_train(device, k, n, act_qmax, weight_qmax, products)
+    seconds, grad_seconds = _time_train(device, k, n, act_qmax, weight_qmax, products, rows)
     path = TrainPath(pick(seconds, "fp32", PRODUCT_MARGIN), pick(grad_seconds, "fp32", GRAD_MARGIN))  # type: ignore[arg-type]
     _say(
-        ("train", device_type, index, k, n, act_qmax, weight_qmax),
-        f"fake-quantized Linear {k}->{n} on {_where(device)}: codes product {path.product}, gradient products "
-        f"{path.grad} (measured: products {_fmt(seconds)}; gradients {_fmt(grad_seconds)}"
+        ("train", device_type, index, k, n, act_qmax, weight_qmax, rows),
+        f"fake-quantized Linear {k}->{n} on {_where(device)}, {rows} rows: codes product {path.product}, gradient "
+        f"products {path.grad} (measured: products {_fmt(seconds)}; gradients {_fmt(grad_seconds)}"
         f"{'' if 'bf16' in grad_seconds else ', bf16 emulated on this CPU'})",
     )
     _hint_once(device)
@@ -248,10 +268,9 @@ def _train_path(device_type, index, k, n, act_qmax, weight_qmax, mode) -> TrainP
 
 
 def _time_train(
-    device: torch.device, k: int, n: int, act_qmax: int, weight_qmax: int, products: List[Product]
+    device: torch.device, k: int, n: int, act_qmax: int, weight_qmax: int, products: List[Product], rows: int
 ) -> Tuple[Dict[str, float], Dict[str, float]]:
     g = torch.Generator().manual_seed(0)
-    rows = _rows(device)
     zero_point = torch.tensor(3.0, device=device)
     centered = torch.randint(0, act_qmax + 1, (rows, k), generator=g).float().to(device) - zero_point
     w = torch.randint(-weight_qmax, weight_qmax + 1, (n, k), generator=g).float().to(device)
@@ -283,20 +302,24 @@ def _hint_once(device: torch.device) -> None:
 # --- integer export ------------------------------------------------------------------------------------------------
 
 FUSED = "onednn_fused"
-"""The integer export's fused oneDNN kernel: product, bias, ReLU and requantization in one call (oneDNN's rounding)."""
+"""The integer export's fused oneDNN kernel: product, bias, ReLU and requantization in one call (oneDNN's rounding,
+which ``rounding`` follows; ``int8.fused_exact`` checks on this machine that the two agree)."""
 
 
-def int8_candidates(device: torch.device, act_qmax: int, weight_qmax: int, requested: Kernel) -> List[str]:
+def int8_candidates(
+    device: torch.device, act_qmax: int, weight_qmax: int, requested: Kernel, fused_exact: Callable[[], bool]
+) -> List[str]:
     """What an integer Linear may run for ``requested``: products of ``kernels`` followed by training's epilogue
-    (bit-exact), or ``FUSED`` (only where oneDNN's single product is exact)."""
+    (bit-exact), or ``FUSED``: when named, wherever oneDNN's single product is exact; under "auto" only where
+    ``fused_exact()`` also finds its requantization giving training's codes (a self-check, run when needed)."""
     integer = integer_products(device, act_qmax, weight_qmax)
-    fused = [FUSED] if "onednn" in integer else []
     if requested == "float":
         return ["fp32"]
     if requested == "int":
         return [p for p in integer]
     if requested == "onednn":
-        return fused
+        return [FUSED] if "onednn" in integer else []
+    fused = [FUSED] if "onednn" in integer and fused_exact() else []
     return float_products(device) + integer + fused
 
 
@@ -307,18 +330,24 @@ def int8_kernel(
     act_qmax: int,
     weight_qmax: int,
     requested: Kernel,
-    time_kernel: Callable[[str], Callable[[], object]],
+    time_kernel: Callable[[str, int], Callable[[], object]],
+    rows: Optional[int] = None,
+    fused_exact: Callable[[], bool] = lambda: False,
 ) -> str:
-    """What an integer Linear of this shape runs on ``device`` for ``requested`` ("auto", "onednn", "int", "float"):
-    a product name of ``kernels`` (then training's epilogue) or ``FUSED``. Several candidates are timed with
-    ``time_kernel(candidate)``, a callable forming the layer's products of codes on a sample batch (or running the
-    whole fused call: it includes its epilogue, the others share theirs); a request that has none here falls back
-    to "auto", said once."""
+    """What an integer Linear of this shape, given ``rows`` rows at a time, runs on ``device`` for ``requested``
+    ("auto", "onednn", "int", "float"): a product name of ``kernels`` (then training's epilogue) or ``FUSED``.
+    Several candidates are timed with ``time_kernel(candidate, timing_rows(device, rows))``, a callable forming the
+    layer's products of codes on a sample batch of that many rows (or running the whole fused call: it includes its
+    epilogue, the others share theirs); a request that has none here falls back to "auto", said once.
+    ``fused_exact``: see ``int8_candidates``."""
+    timed = timing_rows(device, rows)
     key = (device.type, device.index, in_features, out_features, act_qmax, weight_qmax)
-    if key + (requested,) not in _int8_cache:
-        candidates = int8_candidates(device, act_qmax, weight_qmax, requested)
+    if key + (requested, timed) not in _int8_cache:
+        candidates = int8_candidates(device, act_qmax, weight_qmax, requested, fused_exact)
         if not candidates:
-            kernel = int8_kernel(device, in_features, out_features, act_qmax, weight_qmax, "auto", time_kernel)
+            kernel = int8_kernel(
+                device, in_features, out_features, act_qmax, weight_qmax, "auto", time_kernel, rows, fused_exact
+            )
             _say(key + ("fallback", requested), f"integer kernel {requested!r} is not exact or not available on "
                  f"{_where(device)}: Linear {in_features}->{out_features} runs {kernel}")  # fmt: skip
         elif len(candidates) == 1:
@@ -327,7 +356,7 @@ def int8_kernel(
             samples, failed = {}, {}
             for c in candidates:  # a kernel that cannot run this shape here is left out (said in the decision)
                 try:
-                    sample = time_kernel(c)
+                    sample = time_kernel(c, timed)
                     sample()
                     samples[c] = sample
                 except (RuntimeError, NotImplementedError) as err:
@@ -338,13 +367,17 @@ def int8_kernel(
                 if candidates[0] in seconds
                 else min(seconds, key=seconds.get)
             )
+            left_out = "" if FUSED in candidates or "onednn" not in candidates else (
+                f"; {FUSED} left out: its requantization does not give training's codes here"
+            )  # fmt: skip
             _say(
-                key + (requested,),
-                f"integer Linear {in_features}->{out_features} on {_where(device)} ({requested}): {kernel} "
-                f"(measured: {_fmt(seconds)}{''.join(f'; {c} failed: {e}' for c, e in failed.items())})",
+                key + (requested, timed),
+                f"integer Linear {in_features}->{out_features} on {_where(device)} ({requested}), {timed} rows: "
+                f"{kernel} (measured: {_fmt(seconds)}{''.join(f'; {c} failed: {e}' for c, e in failed.items())}"
+                f"{left_out})",
             )
-        _int8_cache[key + (requested,)] = kernel
-    return _int8_cache[key + (requested,)]
+        _int8_cache[key + (requested, timed)] = kernel
+    return _int8_cache[key + (requested, timed)]
 
 
 _int8_cache: Dict[tuple, str] = {}

@@ -15,9 +15,10 @@ float product wrote without a pass that converts them (a layer takes either). Wh
   that epilogue (unfused it costs more than the integer product saves).
 - ``"float"``: as ``"int"``, with the products of codes formed in fp32 (exact below 2**24): any device.
 - ``"onednn"``: oneDNN's int8 Linear with bias, ReLU and requantization fused into the matmul (``FUSED``), where its
-  product is exact. It rounds its requantization its own way, so about one activation code in a million differs
-  by one step from the fake-quantized model.
-- ``"auto"`` (the default): the fastest of all of these that are exact here, timed once per process and shape.
+  product is exact. ``rounding`` orders its float operations as oneDNN does, so it gives training's codes;
+  ``fused_exact`` checks that on the machine before "auto" may choose it (a named "onednn" runs regardless).
+- ``"auto"`` (the default): the fastest of all of these that are exact here, timed once per process, shape and
+  bucket of rows (``dispatch.timing_rows``).
 
 Where every layer of an MLP runs a float product or ``_int_mm`` (``one_graph``), the field compiles the whole MLP
 as one graph when it renders on a CPU: one call per tile of samples instead of one per layer, and each layer's
@@ -26,13 +27,14 @@ epilogue fused with the next layer's input.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from nerfqat_plugin.quant.compiled import call
-from nerfqat_plugin.quant.dispatch import FUSED, Kernel, int8_kernel
+from nerfqat_plugin.quant.dispatch import FUSED, Kernel, int8_kernel, onednn_exact
 from nerfqat_plugin.quant.kernels import (
     int_mm,
     mm_fp32_out,
@@ -43,7 +45,15 @@ from nerfqat_plugin.quant.kernels import (
     onednn_split_product,
 )
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
-from nerfqat_plugin.quant.rounding import ReLU, activation_codes, rescale, weight_codes, weight_scale
+from nerfqat_plugin.quant.rounding import (
+    ReLU,
+    activation_codes,
+    activation_qparams,
+    rescale,
+    round_up_to_bf16,
+    weight_codes,
+    weight_scale,
+)
 
 _SHIFT = 128
 """``torch._int_mm`` takes int8: uint8 codes shifted down by this."""
@@ -186,17 +196,19 @@ class IntLinear(nn.Module):
         self._prepare()
         return self
 
-    def resolved_kernel(self, device: torch.device) -> str:
-        """What this layer runs on ``device``: a product of ``kernels`` then training's epilogue, or the fused oneDNN
-        kernel (see ``dispatch.int8_kernel``)."""
+    def resolved_kernel(self, device: torch.device, rows: Optional[int] = None) -> str:
+        """What this layer runs on ``device`` for inputs of ``rows`` rows (None: the largest timing bucket): a
+        product of ``kernels`` then training's epilogue, or the fused oneDNN kernel (see ``dispatch.int8_kernel``)."""
         n = self.weight_codes.shape[0]
-        return int8_kernel(device, max(self.in_splits), n, self.act_qmax, self.weight_qmax, self.kernel, self._sample)
+        return int8_kernel(
+            device, max(self.in_splits), n, self.act_qmax, self.weight_qmax, self.kernel, self._sample, rows,
+            lambda: fused_exact(self.act_qmax, self.weight_qmax),
+        )  # fmt: skip
 
-    def _sample(self, kernel: str) -> Callable[[], object]:
-        """For timing ``kernel`` on a random batch: its products of codes (the epilogue after them is the same for
-        every kernel but the fused one), or the whole fused call."""
+    def _sample(self, kernel: str, rows: int) -> Callable[[], object]:
+        """For timing ``kernel`` on a random batch of ``rows`` rows: its products of codes (the epilogue after them
+        is the same for every kernel but the fused one), or the whole fused call."""
         device = self.weight_codes.device
-        rows = 8192 if device.type == "cuda" else 2048
         g = torch.Generator().manual_seed(0)
         inputs = [
             IntTensor(
@@ -214,8 +226,11 @@ class IntLinear(nn.Module):
 
     def forward(self, *inputs: IntTensor):
         # traced into one graph (``one_graph``): the kernel it resolved beforehand
-        kernel = self._graph_kernel if torch.compiler.is_compiling() else self.resolved_kernel(self.weight_codes.device)
         lead = inputs[0].codes.shape[:-1]
+        if torch.compiler.is_compiling():
+            kernel = self._graph_kernel
+        else:
+            kernel = self.resolved_kernel(self.weight_codes.device, inputs[0].codes[..., 0].numel())
         flat = [IntTensor(x.codes.reshape(-1, x.codes.shape[-1]), x.scale, x.zero_point) for x in inputs]
         if kernel not in FLOAT_PRODUCTS:  # integer kernels take uint8 codes (float products take either)
             flat = [x.as_uint8() for x in flat]
@@ -344,15 +359,16 @@ def convert_to_int(module: nn.Module, kernel: Kernel = "auto", compile: bool = F
     return module
 
 
-def one_graph(module: nn.Module, device: torch.device) -> bool:
-    """Whether the integer layers inside ``module`` may be compiled as one graph on ``device`` (fewer calls, and
-    inductor fuses each layer's epilogue with the next layer's input): all of them compiled, each running a kernel
-    of ``ONE_GRAPH_KERNELS``. Resolves every layer's kernel first (timing it on first use), for the trace."""
+def one_graph(module: nn.Module, device: torch.device, rows: Optional[int] = None) -> bool:
+    """Whether the integer layers inside ``module`` may be compiled as one graph on ``device`` for inputs of
+    ``rows`` rows (fewer calls, and inductor fuses each layer's epilogue with the next layer's input): all of them
+    compiled, each running a kernel of ``ONE_GRAPH_KERNELS``. Resolves every layer's kernel first (timing it on first
+    use), for the trace."""
     layers = [m for m in module.modules() if isinstance(m, IntLinear)]
     if not layers or not all(m.compile for m in layers):
         return False
     for m in layers:
-        m._graph_kernel = m.resolved_kernel(device)
+        m._graph_kernel = m.resolved_kernel(device, rows)
     return all(m._graph_kernel in ONE_GRAPH_KERNELS for m in layers)
 
 
@@ -363,3 +379,93 @@ def set_kernel(module: nn.Module, kernel: Kernel, compile: bool) -> None:
             m.kernel, m.compile = kernel, compile
         elif isinstance(m, IntActQuantizer):
             m.compile = compile
+
+
+FUSED_CHECK_LAYERS: Tuple[Tuple[ReLU, Tuple[int, ...], bool], ...] = (
+    ("fused", (64,), True),
+    ("fused", (64, 27), True),
+    ("unfused", (64,), True),
+    ("unfused", (64, 27), True),
+    (None, (64,), True),
+    (None, (64,), False),
+    (None, (64, 27), False),
+)
+"""(ReLU, input widths, quantized output) of the layers ``fused_exact`` checks: every kind the NeRF MLPs have."""
+
+
+def _other_roundings(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int) -> List[Tensor]:
+    """Codes of ``y`` under the orders of operations a requantization might take instead of ``rounding.grid``'s:
+    divide by the scale, add the zero point after rounding, or multiply and add in one rounding (as an FMA)."""
+    r = 1.0 / scale
+    exact = (y.double() * r.double() + zero_point.double()).round().float()
+    return [
+        (y / scale).round() + zero_point,
+        (y * r).round() + zero_point,
+        (y / scale + zero_point).round(),
+        exact,
+    ]
+
+
+def _hard_rows(layer: "IntLinear", inputs: List[IntTensor], keep: int = 256) -> List[IntTensor]:
+    """The rows of ``inputs`` whose output codes depend on the requantization's order of operations (see
+    ``_other_roundings``), plus ``keep`` others: where a kernel that orders them otherwise shows."""
+    assert layer.out_scale is not None and layer.out_zero_point is not None
+    y = _float_output(layer, inputs)
+    expected = activation_codes(y, layer.out_scale, layer.out_zero_point, layer.act_qmax, layer.relu)
+    v = torch.relu(y) if layer.relu == "fused" else y
+    differs = torch.zeros(y.shape[0], dtype=torch.bool)
+    for codes in _other_roundings(v, layer.out_scale, layer.out_zero_point, layer.act_qmax):
+        codes = codes.clamp(0, layer.act_qmax)
+        if layer.relu == "unfused":
+            codes = torch.maximum(codes, layer.out_zero_point)
+        differs |= (codes != expected).any(dim=1)
+    differs[:keep] = True
+    return [IntTensor(x.codes[differs], x.scale, x.zero_point) for x in inputs]
+
+
+def _float_output(layer: "IntLinear", inputs: List[IntTensor]) -> Tensor:
+    """The layer's float output before its requantization (training's arithmetic)."""
+    accs = _accumulate([tuple(x) for x in inputs], layer._float_weights, layer._float_row_sums, "fp32")
+    return rescale(accs, [x.scale for x in inputs], layer.weight_scale, layer.bias)
+
+
+@lru_cache(maxsize=None)
+def fused_exact(act_qmax: int, weight_qmax: int, rows: int = 4096, search_rows: int = 1 << 17) -> bool:
+    """Whether oneDNN's fused kernel gives the codes (and float outputs) of training's arithmetic on this machine,
+    for codes in ``[0, act_qmax]`` and weights in ``[-weight_qmax, weight_qmax]``.
+
+    Checked once per process and pair of ranges, in a fraction of a second, on random layers of every kind in
+    ``FUSED_CHECK_LAYERS`` (``rows`` rows each; output ranges from the layer's own outputs, as an observer sets
+    them). A requantization that orders its operations otherwise than ``rounding.grid`` differs on only about one
+    code in 10^6, so the quantized layers run only the rows whose codes would differ under another order
+    (``_hard_rows``), the one with a signed output (zero point > 0) found among ``search_rows`` random rows.
+    False where oneDNN's product itself is inexact (``dispatch.onednn_exact``)."""
+    if not onednn_exact(act_qmax, weight_qmax):
+        return False
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for relu, splits, quantized in FUSED_CHECK_LAYERS:
+            n, k = 64, sum(splits)
+            codes = torch.randint(-weight_qmax, weight_qmax + 1, (n, k), generator=g).float()
+            w_scale = round_up_to_bf16(torch.rand(n, generator=g) * 1e-2 + 1e-3)
+            bias = torch.randn(n, generator=g) * 0.1
+            count = search_rows if quantized and relu is None else rows  # a signed output: zero point > 0
+            inputs = [
+                IntTensor(
+                    torch.randint(0, act_qmax + 1, (count, width), generator=g, dtype=torch.uint8),
+                    torch.rand((), generator=g) * 0.02 + 1e-3,
+                    torch.randint(0, act_qmax // 2, (), generator=g).float(),
+                )
+                for width in splits
+            ]
+            layer = IntLinear(codes, w_scale, bias, splits, relu, None, act_qmax, weight_qmax, "float")
+            if quantized:
+                y = _float_output(layer, inputs)
+                lo, hi = y.min(), y.max()
+                qparams = activation_qparams(torch.relu(lo) if relu == "fused" else lo, hi, act_qmax)
+                layer = IntLinear(codes, w_scale, bias, splits, relu, qparams, act_qmax, weight_qmax, "float")
+                inputs = _hard_rows(layer, inputs)
+            expected = layer._run("fp32", inputs, False)
+            if not torch.equal(layer._run(FUSED, inputs, False).float(), expected.float()):
+                return False
+    return True

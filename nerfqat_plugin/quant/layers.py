@@ -137,11 +137,13 @@ class QuantLinear(nn.Linear, QuantModule):
         self.relu: ReLU = relu_mode(relu, config.fused)
         self.out_quant = ActQuantizer(config) if (relu or quantize_output) else None
 
-    def train_path(self, device: torch.device) -> TrainPath:
-        """How this layer multiplies on ``device`` (decided once per process and shape, see ``dispatch``)."""
+    def train_path(self, device: torch.device, rows: Optional[int] = None) -> TrainPath:
+        """How this layer multiplies on ``device`` given ``rows`` rows (decided once per process, shape and bucket of
+        rows, see ``dispatch``)."""
         if self.matmul is False:
             return FP32
-        return train_path(device, max(self.in_splits), self.out_features, self.act_qmax, self.weight_qmax, self.matmul)
+        k, n = max(self.in_splits), self.out_features
+        return train_path(device, k, n, self.act_qmax, self.weight_qmax, self.matmul, rows)
 
     def linear(self, inputs: Sequence[Activation]) -> Tensor:
         """The Linear part alone: float output (the scaled product of codes when quantization is active)."""
@@ -157,9 +159,9 @@ class QuantLinear(nn.Linear, QuantModule):
         for x in inputs:
             if not isinstance(x, QTensor):
                 raise TypeError(f"{type(self).__name__}: quantized input expected, got {type(x).__name__}")
-        path = self.train_path(self.weight.device)
-        opts = LinearOptions(self.weight_qmax, path, self.compile, observe, self.relu)
         batch = inputs[0].centered.shape[:-1]  # type: ignore[union-attr]
+        path = self.train_path(self.weight.device, batch.numel())
+        opts = LinearOptions(self.weight_qmax, path, self.compile, observe, self.relu)
         result = linear(
             [x.centered.reshape(-1, x.centered.shape[-1]) for x in inputs],  # type: ignore[union-attr]
             [(x.scale, x.zero_point) for x in inputs],  # type: ignore[union-attr]
@@ -189,7 +191,7 @@ class QuantLinear(nn.Linear, QuantModule):
         if value_range is not None:
             quant.observe_range(*value_range)
         # the next layer reads these codes: bf16 where this layer's gradient products are bf16 (exact either way)
-        return quant.quantize(y, self.relu, self.train_path(self.weight.device).codes_dtype)
+        return quant.quantize(y, self.relu, self.train_path(self.weight.device, y[..., 0].numel()).codes_dtype)
 
 
 def set_quant_state(module: nn.Module, active: bool, observe: bool) -> None:

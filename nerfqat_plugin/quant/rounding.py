@@ -31,8 +31,12 @@ def relu_mode(relu: bool, fused: bool) -> ReLU:
 
 
 def grid(x: Tensor, scale: Tensor, zero_point: Tensor, lo: int, hi: int) -> Tensor:
-    """``clamp(round(x / scale) + zero_point, lo, hi)``: the rule every code is made by (ties round to even)."""
-    return torch.clamp(torch.round(x / scale) + zero_point, lo, hi)
+    """``clamp(round(x * (1 / scale) + zero_point), lo, hi)``: the rule every code is made by (ties round to even).
+
+    The order is oneDNN's requantization's: the reciprocal of the scale (rounded to fp32) times ``x``, plus the
+    zero point, then the rounding. ``round(x / scale) + zero_point`` differs from it for about one value in 10^5,
+    so the fused integer kernel agrees with training only under this order."""
+    return torch.clamp(torch.round(x * (1.0 / scale) + zero_point), lo, hi)
 
 
 def activation_codes(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu: ReLU = None) -> Tensor:
@@ -43,7 +47,7 @@ def activation_codes(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, re
 
 def gradient_mask(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu: ReLU = None) -> Tensor:
     """Where the straight-through gradient of ``activation_codes`` passes: code not clipped, and the ReLU open."""
-    q = torch.round((torch.relu(y) if relu == "fused" else y) / scale) + zero_point
+    q = torch.round((torch.relu(y) if relu == "fused" else y) * (1.0 / scale) + zero_point)
     inside = (q >= 0) & (q <= qmax)
     if relu == "fused":
         inside = inside & (y > 0)
@@ -53,15 +57,21 @@ def gradient_mask(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int, relu:
 
 
 def rescale(accs: Sequence[Tensor], scales: Sequence[Tensor], w_scale: Tensor, bias: Tensor) -> Tensor:
-    """``y = sum_i acc_i * (s_i * w_scale) + bias``: integer accumulators of each input segment to the float output.
+    """``y = (acc_n * (s_n * w_scale) + bias) + (acc_1 * (s_1 * w_scale) + ... + acc_n-1 * (s_n-1 * w_scale))``:
+    integer accumulators of each input segment to the float output, the last input's term plus the bias first.
 
-    The one scaling of accumulators: training and the integer kernels both call it, so they round alike.
+    The one scaling of accumulators: training and the integer kernels both call it, so they round alike. The order
+    is oneDNN's (a Linear over several inputs: the earlier inputs' sum enters the last one's call as its "sum"
+    post-op, after the bias), so the fused kernel rounds alike too.
     """
-    out = None
-    for acc, s in zip(accs, scales, strict=True):
-        part = acc * (s * w_scale)
-        out = part if out is None else out + part
-    return out + bias  # type: ignore[operator]
+    parts = [acc * (s * w_scale) for acc, s in zip(accs, scales, strict=True)]
+    y = parts[-1] + bias
+    if len(parts) == 1:
+        return y
+    rest = parts[0]
+    for part in parts[1:-1]:
+        rest = rest + part
+    return y + rest
 
 
 def round_up_to_bf16(x: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 import copy
 import time
+from typing import Optional
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def _machine(monkeypatch, exact: bool, products: dict, grads: dict) -> None:
     """Pretend this CPU's oneDNN self-check says ``exact`` and its timings are ``products`` / ``grads`` (seconds)."""
     monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: exact and onednn_available())
 
-    def timings(device, k, n, act_qmax, weight_qmax, candidates):
+    def timings(device, k, n, act_qmax, weight_qmax, candidates, rows):
         assert set(candidates) <= set(products), candidates
         return {c: products[c] for c in candidates}, dict(grads)
 
@@ -68,10 +69,10 @@ def test_vnni_bf16_machine_trains_on_int8_and_bf16(monkeypatch):
 
 def test_bf16_gradients_are_not_even_timed_on_a_cpu_that_emulates_bf16(monkeypatch):
     monkeypatch.setattr(dispatch, "cpu_isa", lambda: {"avx2": True, "avx512_bf16": False, "amx_bf16": False})
-    products, grads = dispatch._time_train(CPU, 32, 16, 255, 127, ["fp32"])
+    products, grads = dispatch._time_train(CPU, 32, 16, 255, 127, ["fp32"], 256)
     assert set(grads) == {"fp32"} and set(products) == {"fp32"}
     monkeypatch.setattr(dispatch, "cpu_isa", lambda: {"avx2": True, "avx512_bf16": True, "amx_bf16": False})
-    assert set(dispatch._time_train(CPU, 32, 16, 255, 127, ["fp32"])[1]) == {"fp32", "bf16"}
+    assert set(dispatch._time_train(CPU, 32, 16, 255, 127, ["fp32"], 256)[1]) == {"fp32", "bf16"}
 
 
 def test_explicit_modes(monkeypatch):
@@ -91,9 +92,16 @@ def test_measured_decision_is_made_once_and_said_once(capsys):
     assert any("64->32" in line for line in dispatch.decisions())
 
 
-def _timings(seconds: dict):
-    """A ``time_kernel`` for ``int8_kernel`` whose candidates take ``seconds`` (a sleep each)."""
-    return lambda candidate: lambda: time.sleep(seconds[candidate])
+def _timings(seconds: dict, rows_seen: Optional[list] = None):
+    """A ``time_kernel`` for ``int8_kernel`` whose candidates take ``seconds`` (a sleep each); the row counts it is
+    asked for go to ``rows_seen``."""
+
+    def time_kernel(candidate, rows):
+        if rows_seen is not None:
+            rows_seen.append(rows)
+        return lambda: time.sleep(seconds[candidate])
+
+    return time_kernel
 
 
 def test_named_integer_kernel_that_is_not_exact_here_falls_back(monkeypatch, capsys):
@@ -105,19 +113,59 @@ def test_named_integer_kernel_that_is_not_exact_here_falls_back(monkeypatch, cap
     assert int8_kernel(CPU, 64, 32, 255, 127, "float", timings) == "fp32"
 
 
+YES, NO = (lambda: True), (lambda: False)
+"""``fused_exact`` answers: the fused kernel's self-check passes, or fails."""
+
+
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
 def test_integer_kernel_choice_on_each_class_of_cpu(monkeypatch):
     """Without VNNI: the fused kernel is out, the split oneDNN product is in; with it: the reverse."""
     monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: a <= 128)  # an AVX2 CPU: 2 * 128 * 127 < 32767
-    assert dispatch.int8_candidates(CPU, 255, 127, "auto") == ["fp32", "int_mm", "onednn_split"]
-    assert dispatch.int8_candidates(CPU, 127, 127, "auto") == ["fp32", "int_mm", "onednn", "onednn_fused"]
+    assert dispatch.int8_candidates(CPU, 255, 127, "auto", YES) == ["fp32", "int_mm", "onednn_split"]
+    assert dispatch.int8_candidates(CPU, 127, 127, "auto", YES) == ["fp32", "int_mm", "onednn", "onednn_fused"]
     times = {"fp32": 0.004, "int_mm": 0.05, "onednn_split": 0.002, "onednn": 0.001, "onednn_fused": 0.0005}
-    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times)) == "onednn_split"
+    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times), fused_exact=YES) == "onednn_split"
     dispatch.reset()
     monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: True)  # VNNI
-    assert dispatch.int8_candidates(CPU, 255, 127, "auto") == ["fp32", "int_mm", "onednn", "onednn_fused"]
-    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times)) == "onednn_fused"
-    assert int8_kernel(CPU, 256, 256, 255, 127, "int", _timings(times)) == "onednn"
+    assert dispatch.int8_candidates(CPU, 255, 127, "auto", YES) == ["fp32", "int_mm", "onednn", "onednn_fused"]
+    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times), fused_exact=YES) == "onednn_fused"
+    assert int8_kernel(CPU, 256, 256, 255, 127, "int", _timings(times), fused_exact=YES) == "onednn"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
+def test_a_fused_kernel_that_rounds_otherwise_runs_only_when_named(monkeypatch, capsys):
+    """A VNNI CPU whose fused kernel fails its self-check: "auto" keeps to the exact kernels even though the fused
+    one is the fastest, and says why; "onednn" still runs it."""
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: True)
+    assert dispatch.int8_candidates(CPU, 255, 127, "auto", NO) == ["fp32", "int_mm", "onednn"]
+    times = {"fp32": 0.004, "int_mm": 0.05, "onednn": 0.001, "onednn_fused": 0.0005}
+    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", _timings(times), fused_exact=NO) == "onednn"
+    assert "onednn_fused left out: its requantization does not give training's codes" in capsys.readouterr().err
+    assert int8_kernel(CPU, 256, 256, 255, 127, "onednn", _timings(times), fused_exact=NO) == "onednn_fused"
+    # without a self-check to ask, "auto" never takes it
+    assert dispatch.int8_candidates(CPU, 255, 127, "auto", lambda: False) == ["fp32", "int_mm", "onednn"]
+
+
+def test_decisions_are_timed_on_the_rows_a_layer_is_given(monkeypatch):
+    """A training batch and a render tile are timed on their own row counts (powers of two, capped), each once."""
+    assert [dispatch.timing_rows(CPU, r) for r in (1, 300, 2048, 2049, 49152, None)] == [
+        256, 512, 2048, 4096, dispatch.MAX_TIMING_ROWS["cpu"], dispatch.MAX_TIMING_ROWS["cpu"]
+    ]  # fmt: skip
+    seen = []
+
+    def timings(device, k, n, act_qmax, weight_qmax, candidates, rows):
+        seen.append(rows)
+        return {c: 1.0 for c in candidates}, {"fp32": 1.0}
+
+    monkeypatch.setattr(dispatch, "_time_train", timings)
+    for rows in (16384, 16000, 2048, 49152):
+        train_path(CPU, 64, 32, 255, 127, "auto", rows)
+    assert seen == [16384, 2048]  # 16000 shares 16384's bucket; 49152 is timed on the cap, 16384
+    integer_rows: list = []
+    for rows in (2048, 2000, 100000):
+        int8_kernel(CPU, 64, 32, 255, 127, "auto", _timings({"fp32": 0, "int_mm": 0, "onednn_split": 0, "onednn": 0},
+                    integer_rows), rows)  # fmt: skip
+    assert set(integer_rows) == {2048, dispatch.MAX_TIMING_ROWS["cpu"]}
 
 
 def _trained_mlp(config: QuantConfig) -> NeRFMLP:

@@ -44,6 +44,16 @@ def test_round_codes_4bit_rounds_half_to_even():
     assert grid(x, scale, zp, 0, 15).tolist() == [0.0, 2.0, 2.0, 15.0]
 
 
+def test_codes_take_the_reciprocal_of_the_scale_then_the_zero_point_then_round():
+    """oneDNN's order (so its fused kernel gives training's codes): x * fp32(1 / scale) + zero_point, rounded."""
+    x, scale = torch.tensor([14.549999237060547, 12.149999618530273]), torch.tensor(0.1)
+    # x / 0.1 = 145.49998..., 121.49999... (round down); x * fp32(1 / 0.1) = 145.5, 121.5 exactly (half to even)
+    assert grid(x, scale, torch.tensor(0.0), 0, 255).tolist() == [146.0, 122.0]
+    # the zero point before the rounding: 0.5 + 1 = 1.5 -> 2, 1.5 + 1 = 2.5 -> 2, -0.5 + 1 = 0.5 -> 0
+    # (round(x) + 1 would give 1, 3, 1)
+    assert grid(torch.tensor([0.5, 1.5, -0.5]), torch.tensor(1.0), torch.tensor(1.0), 0, 255).tolist() == [2, 2, 0]
+
+
 def test_round_codes_2bit():
     scale, zp = torch.tensor(1.0), torch.tensor(1.0)  # codes 0..3 represent -1..2
     x = torch.tensor([-5.0, -0.6, 0.4, 1.4, 9.0])
