@@ -1,18 +1,23 @@
 """Reference decoder of nerf-qat's integer export (docs/int8-format.md), in NumPy alone.
 
     python docs/int8_decoder.py exports/fern-int8/model.safetensors
+    python docs/int8_decoder.py exports/fern-int8 --render test 0 fern-test-0.png
 
 reads the file without any library but NumPy (the safetensors container is parsed by hand), unpacks the weight
 codes and runs the coarse and fine networks with exactly the integer arithmetic the specification gives, printing
-the density and colour of a few points. ``Int8File(path).network("fine.").forward(positions, directions)`` is the
-same as a function; every activation code is returned too, to check another implementation against, code by code.
+the density and colour of a few points; with ``--render``, renders a view of the export folder's camera record
+(``cameras.json``) from the folder alone, as section 5 of the specification says, and writes it as a PNG.
+``Int8File(path).network("fine.").forward(positions, directions)`` and ``render_view(folder, split, index)`` are the
+same as functions; every activation code is returned too, to check another implementation against, code by code.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import struct
-import sys
+import zlib
+from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -196,6 +201,196 @@ class Int8File:
         return Network(self.tensors, self.architecture, self.quant, prefix)
 
 
+# --- rendering (section 5) -------------------------------------------------------------------------------------------
+
+
+def linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """``steps`` float32 values from ``start`` to ``end`` as PyTorch's linspace forms them: step = (end - start) /
+    (steps - 1); the first half start + i * step, the second half end - (steps - 1 - i) * step."""
+    start32, end32 = F32(start), F32(end)
+    step = F32((end32 - start32) / F32(steps - 1))
+    i = np.arange(steps)
+    low = (start32 + (step * i.astype(F32)).astype(F32)).astype(F32)
+    high = (end32 - (step * (steps - 1 - i).astype(F32)).astype(F32)).astype(F32)
+    return np.where(i < steps // 2, low, high).astype(F32)
+
+
+def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``a * b + c`` rounded once to float32 (the float64 product of two float32 values is exact)."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(F32)
+
+
+def camera_rays(cameras: dict, dtypes: dict, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Origins, unit directions and the directions' length before normalising ([H*W, 3], [H*W, 3], [H*W, 1]) of
+    camera ``index`` of a split of the camera record, pixel by pixel row-major through pixel centres."""
+    dtype = {name: np.dtype(dtypes[name]) for name in ("fx", "fy", "cx", "cy")}
+    # arrays of one value, not scalars: each operation then takes the wider of its operands' types, as in PyTorch
+    fx, fy, cx, cy = (np.asarray(cameras[n][index], dtype=dtype[n]).reshape(1) for n in ("fx", "fy", "cx", "cy"))
+    height, width = int(np.asarray(cameras["height"][index]).item()), int(np.asarray(cameras["width"][index]).item())
+    c2w = np.asarray(cameras["camera_to_worlds"][index], dtype=F32)
+    y, x = np.meshgrid(np.arange(height, dtype=F32) + F32(0.5), np.arange(width, dtype=F32) + F32(0.5), indexing="ij")
+    y, x = y.reshape(-1), x.reshape(-1)
+    u = ((x - cx) / fx).astype(F32)  # in the camera's own precision, then float32
+    v = (-((y - cy) / fy)).astype(F32)
+    d_cam = np.stack([u, v, np.full_like(u, -1.0)], axis=-1)
+    products = (d_cam[:, None, :] * c2w[None, :, :3]).astype(F32)  # [N, 3 (world axis), 3 (camera axis)]
+    d = ((products[..., 0] + products[..., 1]).astype(F32) + products[..., 2]).astype(F32)
+    squares = (d[:, 0] * d[:, 0]).astype(F32)
+    for axis in (1, 2):  # fused multiply-adds, as PyTorch's vector norm forms the sum of squares
+        squares = fma(d[:, axis], d[:, axis], squares)
+    norm = np.maximum(np.sqrt(squares)[:, None], F32(1e-8)).astype(F32)
+    origins = np.broadcast_to(c2w[:, 3], d.shape).astype(F32)
+    return origins, (d / norm).astype(F32), norm
+
+
+def ndc_rays(origins: np.ndarray, directions: np.ndarray, p: dict) -> Tuple[np.ndarray, np.ndarray]:
+    """World rays to NDC rays (section 5.2): origins on z_ndc = -1, directions reaching z_ndc = 1 at t = 1."""
+    near = F32(p["near"])
+    sx, sy = F32(2.0 * p["focal_x"] / p["width"]), F32(2.0 * p["focal_y"] / p["height"])
+    dx, dy, dz = directions[:, 0], directions[:, 1], directions[:, 2]
+    dz = np.where(np.abs(dz) < F32(1e-9), F32(-1e-9), dz).astype(F32)
+    t0 = (-(near + origins[:, 2]) / dz).astype(F32)
+    ox = (origins[:, 0] + (t0 * dx).astype(F32)).astype(F32)
+    oy = (origins[:, 1] + (t0 * dy).astype(F32)).astype(F32)
+    o = np.stack([((sx * ox).astype(F32) / near), ((sy * oy).astype(F32) / near), np.full_like(ox, -1.0)], axis=-1)
+    tx = ((dx / dz).astype(F32) + (ox / near).astype(F32)).astype(F32)
+    ty = ((dy / dz).astype(F32) + (oy / near).astype(F32)).astype(F32)
+    d = np.stack([(-sx * tx).astype(F32), (-sy * ty).astype(F32), np.full_like(ox, 2.0)], axis=-1)
+    return o.astype(F32), d.astype(F32)
+
+
+def composite_weights(densities: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """w_i = (1 - exp(-sigma_i delta_i)) * exp(-sum_{j<i} sigma_j delta_j), per ray ([R, S])."""
+    delta_density = (deltas * densities).astype(F32)
+    alphas = (F32(1) - np.exp(-delta_density)).astype(F32)
+    transmittance = np.concatenate([np.zeros_like(delta_density[:, :1]), np.cumsum(delta_density[:, :-1], axis=1)], 1)
+    return np.nan_to_num((alphas * np.exp(-transmittance.astype(F32))).astype(F32))
+
+
+def importance_bins(bins: np.ndarray, weights: np.ndarray, count: int, padding: float, original: bool) -> np.ndarray:
+    """Section 5.4: ``count + 1`` bin edges (in the coarse spacing) drawn evenly from the coarse weights' histogram,
+    merged with the coarse edges ``bins`` [R, S+1] when ``original``, sorted."""
+    n = count + 1
+    w = (weights + F32(padding)).astype(F32)
+    total = w.sum(axis=1, keepdims=True, dtype=F32)
+    pad = np.maximum(F32(1e-5) - total, F32(0)).astype(F32)
+    w = (w + (pad / F32(w.shape[1])).astype(F32)).astype(F32)
+    total = (total + pad).astype(F32)
+    cdf = np.minimum(F32(1), np.cumsum((w / total).astype(F32), axis=1, dtype=F32))
+    cdf = np.concatenate([np.zeros_like(cdf[:, :1]), cdf], axis=1)
+    u = (linspace(0.0, 1.0 - 1.0 / n, n) + F32(1.0 / (2 * n))).astype(F32)
+    last = bins.shape[1] - 1
+    inds = np.stack([np.searchsorted(row, u, side="right") for row in cdf])
+    below, above = np.clip(inds - 1, 0, last), np.clip(inds, 0, last)
+    cdf0, cdf1 = np.take_along_axis(cdf, below, 1), np.take_along_axis(cdf, above, 1)
+    bins0, bins1 = np.take_along_axis(bins, below, 1), np.take_along_axis(bins, above, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.clip(np.nan_to_num(((u - cdf0) / (cdf1 - cdf0)).astype(F32), nan=0.0), 0, 1).astype(F32)
+    drawn = (bins0 + (t * (bins1 - bins0)).astype(F32)).astype(F32)
+    return np.sort(np.concatenate([bins, drawn], axis=1), axis=1) if original else drawn
+
+
+class View(NamedTuple):
+    rgb: np.ndarray  # [H, W, 3] in [0, 1]
+    depth: np.ndarray  # [H, W, 1]: median depth, in the ray parameter t (NDC t for forward-facing scenes)
+    accumulation: np.ndarray  # [H, W, 1]
+
+
+def render_view(folder: str, split: str, index: int, chunk: int = 4096) -> View:
+    """Camera ``index`` of ``split`` of an export folder's ``cameras.json``, rendered from the folder alone."""
+    f = Int8File(str(Path(folder) / "model.safetensors"))
+    if "render" not in f.metadata:
+        raise ValueError(f"{folder}: this export has no render settings (made before they were recorded): re-export")
+    settings = json.loads(f.metadata["render"])
+    record = json.loads((Path(folder) / "cameras.json").read_text())
+    cams = record["splits"][split]
+    origins, directions, norm = camera_rays(cams["cameras"], cams["dtypes"], index)
+    height = int(np.asarray(cams["cameras"]["height"][index]).item())
+    width = int(np.asarray(cams["cameras"]["width"][index]).item())
+    coarse, fine = f.network("coarse."), f.network("fine.")
+    parts = [
+        _render_rays(coarse, fine, settings, origins[s : s + chunk], directions[s : s + chunk], norm[s : s + chunk])
+        for s in range(0, len(origins), chunk)
+    ]
+    rgb, depth, acc = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return View(rgb.reshape(height, width, 3), depth.reshape(height, width, 1), acc.reshape(height, width, 1))
+
+
+def _render_rays(coarse: Network, fine: Network, settings: dict, origins, directions, norm):
+    """(rgb [R, 3], depth [R, 1], accumulation [R, 1]) of a batch of world rays (section 5)."""
+    rays = settings["rays"]
+    view_dirs = directions
+    if rays["kind"] == "ndc":
+        origins, directions = ndc_rays(origins, directions, rays)
+        nears, fars = np.zeros_like(norm), np.ones_like(norm)
+    elif rays["kind"] == "axis_depth":
+        nears, fars = (F32(rays["near"]) * norm).astype(F32), (F32(rays["far"]) * norm).astype(F32)
+    else:
+        nears, fars = np.full_like(norm, rays["near"]), np.full_like(norm, rays["far"])
+    if settings["coarse_spacing"] == "disparity":
+        s_near, s_far = (F32(1) / nears).astype(F32), (F32(1) / fars).astype(F32)
+
+        def to_t(s):
+            return (F32(1) / ((s * s_far).astype(F32) + ((F32(1) - s) * s_near).astype(F32))).astype(F32)
+    else:
+
+        def to_t(s):
+            return ((s * fars).astype(F32) + ((F32(1) - s) * nears).astype(F32)).astype(F32)
+
+    bins = np.broadcast_to(
+        linspace(0.0, 1.0, settings["coarse_samples"] + 1), (len(origins), settings["coarse_samples"] + 1)
+    )
+    weights, _, _ = _shade(coarse, to_t(bins), origins, directions, view_dirs, rays["kind"] == "ndc")
+    fine_bins = importance_bins(
+        bins, weights, settings["importance_samples"], settings["histogram_padding"], settings["include_original"]
+    )
+    t = to_t(fine_bins)
+    weights, rgb, mids = _shade(fine, t, origins, directions, view_dirs, rays["kind"] == "ndc")
+    acc = weights.sum(axis=1, keepdims=True, dtype=F32)
+    color = (weights[..., None] * np.nan_to_num(rgb)).sum(axis=1, dtype=F32)
+    background = settings["background_color"]
+    if background == "last_sample":
+        color = (color + (np.nan_to_num(rgb)[:, -1] * (F32(1) - acc)).astype(F32)).astype(F32)
+    elif background != "random":  # "random" renders as if on black
+        value = {"white": 1.0, "black": 0.0}[background]
+        color = (color + (F32(value) * (F32(1) - acc)).astype(F32)).astype(F32)
+    cumulative = np.cumsum(weights, axis=1, dtype=F32)
+    median = np.clip([np.searchsorted(row, F32(0.5), side="left") for row in cumulative], 0, mids.shape[1] - 1)
+    depth = np.take_along_axis(mids, median[:, None], 1)
+    return np.clip(color, 0, 1).astype(F32), depth.astype(F32), acc
+
+
+def _shade(network: Network, t: np.ndarray, origins, directions, view_dirs, ndc: bool):
+    """Weights [R, S], colours [R, S, 3] and sample parameters (interval midpoints) [R, S] of the intervals between
+    consecutive ray parameters ``t`` [R, S+1]."""
+    starts, ends = t[:, :-1], t[:, 1:]
+    sums = (starts + ends).astype(F32)
+    positions = (origins[:, None, :] + ((directions[:, None, :] * sums[..., None]).astype(F32) / F32(2))).astype(F32)
+    rays, samples = sums.shape
+    out = network.forward(positions.reshape(-1, 3), np.repeat(view_dirs, samples, axis=0))
+    density = out.density.reshape(rays, samples)
+    if ndc:  # NDC directions are not unit length
+        length = np.sqrt((directions * directions).sum(axis=-1, keepdims=True, dtype=F32)).astype(F32)
+        density = (density * length).astype(F32)
+    weights = composite_weights(density, (ends - starts).astype(F32))
+    return weights, out.rgb.reshape(rays, samples, 3), (sums / F32(2)).astype(F32)
+
+
+def write_png(path: str, rgb: np.ndarray) -> None:
+    """An 8-bit RGB PNG of an [H, W, 3] image in [0, 1] (zlib alone)."""
+    pixels = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 2, 0, 0, 0)
+    with open(path, "wb") as out:
+        out.write(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+        )
+
+
 def main(path: str) -> None:
     f = Int8File(path)
     print(f"{path}: architecture {f.architecture}, quantization {f.quant}, step {f.metadata.get('step')}")
@@ -210,6 +405,16 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python docs/int8_decoder.py path/to/model.safetensors")
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description="NumPy reference decoder of a nerf-qat integer export")
+    parser.add_argument("path", help="model.safetensors (prints a few points), or the export folder with --render")
+    parser.add_argument("--render", nargs=3, metavar=("SPLIT", "INDEX", "PNG"), help="render a view to a PNG")
+    args = parser.parse_args()
+    if args.render:
+        folder = Path(args.path)
+        folder = folder.parent if folder.is_file() else folder
+        split, index, png = args.render
+        view = render_view(str(folder), split, int(index))
+        write_png(png, view.rgb)
+        print(f"{png}: {split} view {index} of {folder}, {view.rgb.shape[1]}x{view.rgb.shape[0]}")
+    else:
+        main(args.path)

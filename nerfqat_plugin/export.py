@@ -140,6 +140,7 @@ class ExportInt8:
                 "scale": float(outputs.dataparser_scale),
             },
             "scene": json.loads(record)["metadata"],
+            "render": model.render_settings(),
             "scene_record_sha256": sha256(record),
             "step": int(step),
             "source_checkpoint_sha256": sha256(Path(ckpt_path).read_bytes()),

@@ -8,7 +8,8 @@ alone. In short, per MLP (prefix ``coarse.`` or ``fine.``), for each Linear ``<n
 and for each activation quantizer ``<name>`` (``<linear>.out_quant`` or an input quantizer):
   ``<name>.qparams``       float32 [2] = (scale, zero_point); value = (code - zero_point) * scale, code in
                            [0, 2**activation_bits - 1]
-Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` (JSON),
+Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` / ``render`` (JSON;
+``render``: the model's ``render_settings``, absent in exports made before it),
 ``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``.
 """
 

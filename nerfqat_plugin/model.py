@@ -18,7 +18,7 @@ from nerfstudio.utils import colormaps, misc
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from nerfqat_plugin.colliders import NDCCollider, NDCMode, scene_collider
+from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider, NDCMode, scene_collider
 from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding
 from nerfqat_plugin.int8_format import architecture, load_weights
 from nerfqat_plugin.lpips import OfflineLPIPS
@@ -223,6 +223,26 @@ class NeRFQATModel(Model):
         image = batch["image"].to(outputs["rgb"].device)
         image = self.renderer_rgb.blend_background(image)
         return {"psnr": self.psnr(outputs["rgb"], image)}
+
+    def render_settings(self) -> Dict[str, object]:
+        """How this model turns a camera's rays into an image, as plain data: the export's ``render`` metadata, which
+        docs/int8-format.md (section 5) specifies and docs/int8_decoder.py renders from without config.yml."""
+        collider = self.collider
+        if isinstance(collider, NDCCollider):
+            rays: Dict[str, object] = {"kind": "ndc", **{k: float(v) for k, v in collider.params.items()}}
+        else:
+            kind = "axis_depth" if isinstance(collider, AxisDepthCollider) else "near_far"
+            rays = {"kind": kind, "near": float(collider.near_plane), "far": float(collider.far_plane)}  # type: ignore[arg-type]
+        return {
+            "rays": rays,
+            "coarse_samples": int(self.config.num_coarse_samples),
+            "coarse_spacing": "disparity" if isinstance(self.sampler_uniform, LinearDisparitySampler) else "linear",
+            "importance_samples": int(self.config.num_importance_samples),
+            "histogram_padding": float(self.sampler_pdf.histogram_padding),
+            "include_original": bool(self.sampler_pdf.include_original),
+            "background_color": self.config.background_color,
+            "depth": self.renderer_depth.method,
+        }
 
     def size_metrics(self) -> Dict[str, float]:
         """Parameter count and model size in bytes, fp32 and at the quantized bit widths (both MLPs)."""

@@ -25,6 +25,7 @@ from nerfqat_plugin.tools.browser import (
     chromium,
     difference,
     downsample,
+    full_resolution,
     missing_browser,
     start_camera,
     viewer_server,
@@ -41,7 +42,11 @@ SAME = 6.0
 SWITCH_TIMEOUT = 60.0
 """Seconds for the viewer to show another output after it is picked in the control panel."""
 MATCH_TIMEOUT = 10.0
-"""Seconds for the render area to settle on the model's render (a frame sent while moving is re-sent when still)."""
+"""Seconds for the render area to settle on the model's render once the viewer has sent its full-resolution frame
+(a frame sent while moving is re-sent when still)."""
+RENDER_TIMEOUT = 300.0
+"""Seconds for the viewer to send its full-resolution frame of an output: it may time and compile kernels for new
+tile sizes first, and a busy machine slows it several-fold; a finished frame is never waited for."""
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +79,8 @@ def _show(page: ViewerPage, expected: ExpectedFrames, name: str, shown: Optional
         MATCH_TIMEOUT,
         f"the model's {name!r} render from the start camera",
         explain=lambda area, res: f"differs from it by {expected.difference(area, res, name):.1f} levels",
+        ready=full_resolution,
+        ready_timeout=RENDER_TIMEOUT,
     )
     print(f"{name}: frame {resolution}, {expected.difference(page.render_area(shot), resolution, name):.2f} levels")
     return shot, resolution

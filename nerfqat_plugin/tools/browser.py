@@ -242,18 +242,34 @@ class ViewerPage:
         what: str,
         explain: Callable[[np.ndarray, Optional[Tuple[int, int]]], str] = lambda area, res: "",
         poll: float = 0.5,
+        ready: Optional[Callable[[Optional[Tuple[int, int]]], bool]] = None,
+        ready_timeout: float = 0.0,
     ) -> Frame:
-        """Take frames until ``condition(render area, resolution)`` holds; the frame that satisfied it."""
-        deadline = time.monotonic() + timeout
+        """Take frames until ``condition(render area, resolution)`` holds; the frame that satisfied it.
+
+        With ``ready`` (a predicate on the frame's resolution, e.g. ``full_resolution``), ``timeout`` counts from
+        the first frame that is ready, which may take up to ``ready_timeout`` seconds: a viewer that is still
+        rendering (compiling, or slowed by a busy machine) is waited for, one that shows a finished frame is not."""
+        start = time.monotonic()
+        deadline = None if ready is not None else start + timeout
         while True:
             shot, resolution = self.frame()
             area = self.render_area(shot)
             if condition(area, resolution):
                 return shot, resolution
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is None and ready is not None and ready(resolution):
+                deadline = now + timeout
+            if deadline is None and now > start + ready_timeout:
                 raise AssertionError(
-                    f"waited {timeout:.0f} s for {what}: frame {resolution}, render area mean colour "
-                    f"{area.mean((0, 1)).round(1)} {explain(area, resolution)}"
+                    f"waited {ready_timeout:.0f} s for the viewer to finish rendering (a full-resolution frame) "
+                    f"before {what}: frame {resolution}, render area mean colour {area.mean((0, 1)).round(1)} "
+                    f"{explain(area, resolution)}"
+                )
+            if deadline is not None and now > deadline:
+                raise AssertionError(
+                    f"waited {timeout:.0f} s{' after a full-resolution frame' if ready else ''} for {what}: frame "
+                    f"{resolution}, render area mean colour {area.mean((0, 1)).round(1)} {explain(area, resolution)}"
                 )
             time.sleep(poll)
 
@@ -270,6 +286,12 @@ class ViewerPage:
         )
         option.click()
         WebDriverWait(self.driver, 10).until(lambda d: field_.get_attribute("value") == name)
+
+
+def full_resolution(resolution: Optional[Tuple[int, int]]) -> bool:
+    """Whether a frame of this (width, height) is the viewer's full-resolution one ("Max res", FULL_RES, on its long
+    side), which it renders once the camera has stopped and its lower-resolution frames are sent."""
+    return resolution is not None and max(resolution) >= FULL_RES
 
 
 # --- what the render area should show ------------------------------------------------------------------------------
