@@ -51,12 +51,18 @@ def test_export_directory_and_file_are_self_describing(exported_run: Path, train
         "quant",
         "dataparser",
         "scene",
+        "render",
         "scene_record_sha256",
         "step",
         "source_checkpoint_sha256",
     ):
         assert key in meta, key
     assert json.loads(meta["quant"])["weight_bits"] == 8
+    # what a renderer needs besides the cameras, as plain JSON (the tiny preset: 8 + 8 samples, Blender near/far)
+    render = json.loads(meta["render"])
+    assert render["rays"] == {"kind": "near_far", "near": 2.0, "far": 6.0}
+    assert (render["coarse_samples"], render["importance_samples"], render["coarse_spacing"]) == (8, 8, "linear")
+    assert render["background_color"] == "white" and render["depth"] == "median"
     assert {"coarse.position_quant.qparams", "fine.view.out_quant.qparams", "fine.rgb_head.bias"} <= keys
     # the stub checkpoint holds the step and no weights
     ckpt = next((exported_run / "nerfstudio_models").glob("step-*.ckpt"))
