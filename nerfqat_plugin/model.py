@@ -78,11 +78,11 @@ class NeRFQATModelConfig(ModelConfig):
     """Integer export file to render from (ns-export-int8 sets it); the MLPs then run on its integer weights."""
     int8_kernel: Kernel = "auto"
     """Integer matmul of an export: 'int' (an integer product of codes: torch._int_mm, oneDNN, or oneDNN on 7-bit
-    halves of the codes; int8 tensor cores on CUDA; bit-exact with the trained model), 'float' (the product in fp32,
-    bit-exact, any device), 'onednn' (oneDNN's fused int8 Linear, CPU; rounds its requantization its own way, within
-    one code step; only where its int8 product is exact, as with VNNI). 'auto': per layer shape, the fastest of these
-    measured on this machine (said once in the log). A named kernel that is not exact or not available here falls
-    back to 'auto'."""
+    halves of the codes; int8 tensor cores on CUDA), 'float' (the product in fp32, any device), 'onednn' (oneDNN's
+    fused int8 Linear, CPU, only where its int8 product is exact, as with VNNI), all bit-exact with the trained
+    model (training rounds in oneDNN's order). 'auto': per layer shape and row count, the fastest of these measured
+    on this machine (said once in the log); it takes the fused kernel only after a start-up self-check finds its
+    codes equal to training's. A named kernel that is not exact or not available here falls back to 'auto'."""
     int8_compile: bool = True
     """Fuse the integer layers' elementwise steps (input quantization, requantization, the 'int' kernel's epilogue)
     with torch.compile: several times faster, compiled on first use (seconds); falls back to eager on failure."""

@@ -49,6 +49,12 @@ MAX_TIMING_ROWS = {"cpu": 16384, "cuda": 65536}
 on this many, where every candidate has long reached its full speed."""
 MIN_TIMING_ROWS = 256
 """Fewest rows a candidate is timed on."""
+SCREEN_ROWS = 1024
+"""Rows of the integer kernels' first, eager timing round, which drops the candidates far behind the best before
+the others are timed as they run (compiled, on the layer's rows)."""
+SCREEN_FACTOR = 3.0
+"""A candidate this many times slower than the best in the first round is not timed further (``_int_mm`` on
+AVX2 CPUs, 10-20x slower than fp32)."""
 
 _decisions: Dict[tuple, str] = {}
 
@@ -330,15 +336,16 @@ def int8_kernel(
     act_qmax: int,
     weight_qmax: int,
     requested: Kernel,
-    time_kernel: Callable[[str, int], Callable[[], object]],
+    time_kernel: Callable[[str, int, bool], Callable[[], object]],
     rows: Optional[int] = None,
     fused_exact: Callable[[], bool] = lambda: False,
 ) -> str:
     """What an integer Linear of this shape, given ``rows`` rows at a time, runs on ``device`` for ``requested``
     ("auto", "onednn", "int", "float"): a product name of ``kernels`` (then training's epilogue) or ``FUSED``.
-    Several candidates are timed with ``time_kernel(candidate, timing_rows(device, rows))``, a callable forming the
-    layer's products of codes on a sample batch of that many rows (or running the whole fused call: it includes its
-    epilogue, the others share theirs); a request that has none here falls back to "auto", said once.
+    Several candidates are timed with ``time_kernel(candidate, rows, compiled)``, a callable running the whole
+    layer with that kernel on a sample batch of that many rows (its epilogue compiled or not): first eagerly on
+    ``SCREEN_ROWS`` rows, then, those within ``SCREEN_FACTOR`` of the best, as the layer runs on
+    ``timing_rows(device, rows)`` rows. A request that has none here falls back to "auto", said once.
     ``fused_exact``: see ``int8_candidates``."""
     timed = timing_rows(device, rows)
     key = (device.type, device.index, in_features, out_features, act_qmax, weight_qmax)
@@ -356,12 +363,17 @@ def int8_kernel(
             samples, failed = {}, {}
             for c in candidates:  # a kernel that cannot run this shape here is left out (said in the decision)
                 try:
-                    sample = time_kernel(c, timed)
+                    sample = time_kernel(c, min(SCREEN_ROWS, timed), False)
                     sample()
                     samples[c] = sample
                 except (RuntimeError, NotImplementedError) as err:
                     failed[c] = str(err).splitlines()[0] if str(err) else type(err).__name__
-            seconds = timings(samples, device)
+            screened = timings(samples, device, repeats=2)
+            fastest = min(screened.values())
+            kept = [c for c in screened if screened[c] <= SCREEN_FACTOR * fastest]
+            seconds = timings({c: time_kernel(c, timed, True) for c in kept}, device)
+            dropped = "".join(f"; {c} {screened[c] * 1e3:.2f} ms on {min(SCREEN_ROWS, timed)} rows" for c in screened
+                              if c not in kept)  # fmt: skip
             kernel = (
                 pick(seconds, candidates[0], PRODUCT_MARGIN)
                 if candidates[0] in seconds
@@ -373,7 +385,8 @@ def int8_kernel(
             _say(
                 key + (requested, timed),
                 f"integer Linear {in_features}->{out_features} on {_where(device)} ({requested}), {timed} rows: "
-                f"{kernel} (measured: {_fmt(seconds)}{''.join(f'; {c} failed: {e}' for c, e in failed.items())}"
+                f"{kernel} (measured: {_fmt(seconds)}{dropped}"
+                f"{''.join(f'; {c} failed: {e}' for c, e in failed.items())}"
                 f"{left_out})",
             )
         _int8_cache[key + (requested, timed)] = kernel

@@ -205,24 +205,21 @@ class IntLinear(nn.Module):
             lambda: fused_exact(self.act_qmax, self.weight_qmax),
         )  # fmt: skip
 
-    def _sample(self, kernel: str, rows: int) -> Callable[[], object]:
-        """For timing ``kernel`` on a random batch of ``rows`` rows: its products of codes (the epilogue after them
-        is the same for every kernel but the fused one), or the whole fused call."""
+    def _sample(self, kernel: str, rows: int, compiled: bool) -> Callable[[], object]:
+        """For timing ``kernel``: the whole layer as it runs with it (products, epilogue compiled if ``compiled`` and
+        the layer compiles, codes in the type the kernel reads), on a random batch of ``rows`` rows."""
         device = self.weight_codes.device
         g = torch.Generator().manual_seed(0)
+        dtype = torch.float32 if kernel in FLOAT_PRODUCTS else torch.uint8
         inputs = [
             IntTensor(
-                torch.randint(0, self.act_qmax + 1, (rows, w), generator=g, dtype=torch.uint8).to(device),
+                torch.randint(0, self.act_qmax + 1, (rows, w), generator=g, dtype=torch.uint8).to(device, dtype),
                 torch.tensor(0.01, device=device),
                 torch.tensor(3.0, device=device),
             )
             for w in self.in_splits
         ]
-        if kernel == FUSED:
-            return lambda: self._onednn_fused(inputs, compile=False)
-        tuples = [tuple(x) for x in inputs]
-        weights, row_sums = self._operands(kernel)
-        return lambda: self._accumulators(kernel, inputs) or _accumulate(tuples, weights, row_sums, kernel)
+        return lambda: self._run(kernel, inputs, compiled and self.compile)
 
     def forward(self, *inputs: IntTensor):
         # traced into one graph (``one_graph``): the kernel it resolved beforehand

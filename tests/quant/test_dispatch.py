@@ -96,8 +96,8 @@ def _timings(seconds: dict, rows_seen: Optional[list] = None):
     """A ``time_kernel`` for ``int8_kernel`` whose candidates take ``seconds`` (a sleep each); the row counts it is
     asked for go to ``rows_seen``."""
 
-    def time_kernel(candidate, rows):
-        if rows_seen is not None:
+    def time_kernel(candidate, rows, compiled):
+        if rows_seen is not None and compiled:
             rows_seen.append(rows)
         return lambda: time.sleep(seconds[candidate])
 
@@ -228,3 +228,19 @@ def test_split_product_is_exact_at_the_extremes(depth, zero_point):
     expected = (codes.double() - zero_point) @ w.double().T
     got = onednn_split_product(codes, zero_point, onednn_prepack(w, split=True), w.sum(dim=1))
     assert got.dtype == torch.float32 and torch.equal(got.double(), expected)
+
+
+def test_integer_candidates_far_behind_in_a_first_eager_round_are_not_timed_on_the_full_rows(monkeypatch, capsys):
+    """_int_mm on an AVX2 CPU (10-20x slower than fp32) costs seconds to time on 16k rows: a first eager round on a
+    few rows drops it; the others are timed compiled, on the rows the layer is given."""
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: a <= 128)
+    calls = []
+
+    def time_kernel(candidate, rows, compiled):
+        calls.append((candidate, rows, compiled))
+        return lambda: time.sleep({"fp32": 0.001, "int_mm": 0.02, "onednn_split": 0.0012}[candidate])
+
+    assert int8_kernel(CPU, 256, 256, 255, 127, "auto", time_kernel, 16384) == "fp32"
+    assert {c for c, rows, compiled in calls if not compiled} == {"fp32", "int_mm", "onednn_split"}
+    assert {(c, rows) for c, rows, compiled in calls if compiled} == {("fp32", 16384), ("onednn_split", 16384)}
+    assert "ms on 1024 rows" in capsys.readouterr().err  # the dropped candidate's first-round time is said
