@@ -220,13 +220,18 @@ def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(F32)
 
 
+def image_size(cameras: dict, index: int) -> Tuple[int, int]:
+    """(height, width) of camera ``index`` of a split of the camera record."""
+    return int(np.asarray(cameras["height"][index]).item()), int(np.asarray(cameras["width"][index]).item())
+
+
 def camera_rays(cameras: dict, dtypes: dict, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Origins, unit directions and the directions' length before normalising ([H*W, 3], [H*W, 3], [H*W, 1]) of
     camera ``index`` of a split of the camera record, pixel by pixel row-major through pixel centres."""
     dtype = {name: np.dtype(dtypes[name]) for name in ("fx", "fy", "cx", "cy")}
     # arrays of one value, not scalars: each operation then takes the wider of its operands' types, as in PyTorch
     fx, fy, cx, cy = (np.asarray(cameras[n][index], dtype=dtype[n]).reshape(1) for n in ("fx", "fy", "cx", "cy"))
-    height, width = int(np.asarray(cameras["height"][index]).item()), int(np.asarray(cameras["width"][index]).item())
+    height, width = image_size(cameras, index)
     c2w = np.asarray(cameras["camera_to_worlds"][index], dtype=F32)
     y, x = np.meshgrid(np.arange(height, dtype=F32) + F32(0.5), np.arange(width, dtype=F32) + F32(0.5), indexing="ij")
     y, x = y.reshape(-1), x.reshape(-1)
@@ -305,8 +310,7 @@ def render_view(folder: str, split: str, index: int, chunk: int = 4096) -> View:
     record = json.loads((Path(folder) / "cameras.json").read_text())
     cams = record["splits"][split]
     origins, directions, norm = camera_rays(cams["cameras"], cams["dtypes"], index)
-    height = int(np.asarray(cams["cameras"]["height"][index]).item())
-    width = int(np.asarray(cams["cameras"]["width"][index]).item())
+    height, width = image_size(cams["cameras"], index)
     coarse, fine = f.network("coarse."), f.network("fine.")
     parts = [
         _render_rays(coarse, fine, settings, origins[s : s + chunk], directions[s : s + chunk], norm[s : s + chunk])

@@ -390,7 +390,7 @@ FUSED_CHECK_LAYERS: Tuple[Tuple[ReLU, Tuple[int, ...], bool], ...] = (
 """(ReLU, input widths, quantized output) of the layers ``fused_exact`` checks: every kind the NeRF MLPs have."""
 
 
-def _other_roundings(y: Tensor, scale: Tensor, zero_point: Tensor, qmax: int) -> List[Tensor]:
+def _other_roundings(y: Tensor, scale: Tensor, zero_point: Tensor) -> List[Tensor]:
     """Codes of ``y`` under the orders of operations a requantization might take instead of ``rounding.grid``'s:
     divide by the scale, add the zero point after rounding, or multiply and add in one rounding (as an FMA)."""
     r = 1.0 / scale
@@ -411,7 +411,7 @@ def _hard_rows(layer: "IntLinear", inputs: List[IntTensor], keep: int = 256) -> 
     expected = activation_codes(y, layer.out_scale, layer.out_zero_point, layer.act_qmax, layer.relu)
     v = torch.relu(y) if layer.relu == "fused" else y
     differs = torch.zeros(y.shape[0], dtype=torch.bool)
-    for codes in _other_roundings(v, layer.out_scale, layer.out_zero_point, layer.act_qmax):
+    for codes in _other_roundings(v, layer.out_scale, layer.out_zero_point):
         codes = codes.clamp(0, layer.act_qmax)
         if layer.relu == "unfused":
             codes = torch.maximum(codes, layer.out_zero_point)
