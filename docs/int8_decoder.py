@@ -311,16 +311,39 @@ def render_view(folder: str, split: str, index: int, chunk: int = 4096) -> View:
     cams = record["splits"][split]
     origins, directions, norm = camera_rays(cams["cameras"], cams["dtypes"], index)
     height, width = image_size(cams["cameras"], index)
-    coarse, fine = f.network("coarse."), f.network("fine.")
+    if settings.get("sampler", "hierarchical") == "occupancy":
+        networks: Tuple[Optional[Network], Network] = (None, f.network("fine."))
+        grid: Optional[Grid] = Grid(f.tensors["occupancy.bits"], settings["grid"])
+    else:
+        networks, grid = (f.network("coarse."), f.network("fine.")), None
     parts = [
-        _render_rays(coarse, fine, settings, origins[s : s + chunk], directions[s : s + chunk], norm[s : s + chunk])
+        _render_rays(*networks, settings, origins[s : s + chunk], directions[s : s + chunk], norm[s : s + chunk], grid)
         for s in range(0, len(origins), chunk)
     ]
     rgb, depth, acc = (np.concatenate([p[i] for p in parts]) for i in range(3))
     return View(rgb.reshape(height, width, 3), depth.reshape(height, width, 1), acc.reshape(height, width, 1))
 
 
-def _render_rays(coarse: Network, fine: Network, settings: dict, origins, directions, norm):
+class Grid:
+    """The occupancy grid (section 5.8): a bitfield of r^3 cells over an axis-aligned box."""
+
+    def __init__(self, packed: np.ndarray, info: dict) -> None:
+        self.r = int(info["resolution"])
+        self.lo, self.hi = (np.asarray(v, dtype=F32) for v in info["aabb"])
+        raw = np.frombuffer(zlib.decompress(packed.tobytes()), dtype=np.uint8)
+        self.bits = np.unpackbits(raw, count=self.r**3, bitorder="little").astype(bool)
+
+    def occupied(self, positions: np.ndarray) -> np.ndarray:
+        """Whether each point [..., 3] lies in an occupied cell (outside the box: no)."""
+        ijk = np.floor(
+            (((positions - self.lo).astype(F32) / (self.hi - self.lo).astype(F32)).astype(F32)) * F32(self.r)
+        )
+        inside = ((ijk >= 0) & (ijk < self.r)).all(axis=-1)
+        ijk = np.where(inside[..., None], ijk, 0).astype(np.int64)
+        return inside & self.bits[(ijk[..., 0] * self.r + ijk[..., 1]) * self.r + ijk[..., 2]]
+
+
+def _render_rays(coarse: Optional[Network], fine: Network, settings: dict, origins, directions, norm, grid=None):
     """(rgb [R, 3], depth [R, 1], accumulation [R, 1]) of a batch of world rays (section 5)."""
     rays = settings["rays"]
     view_dirs = directions
@@ -331,7 +354,7 @@ def _render_rays(coarse: Network, fine: Network, settings: dict, origins, direct
         nears, fars = (F32(rays["near"]) * norm).astype(F32), (F32(rays["far"]) * norm).astype(F32)
     else:
         nears, fars = np.full_like(norm, rays["near"]), np.full_like(norm, rays["far"])
-    if settings["coarse_spacing"] == "disparity":
+    if settings.get("coarse_spacing", settings.get("spacing")) == "disparity":
         s_near, s_far = (F32(1) / nears).astype(F32), (F32(1) / fars).astype(F32)
 
         def to_t(s):
@@ -341,15 +364,21 @@ def _render_rays(coarse: Network, fine: Network, settings: dict, origins, direct
         def to_t(s):
             return ((s * fars).astype(F32) + ((F32(1) - s) * nears).astype(F32)).astype(F32)
 
-    bins = np.broadcast_to(
-        linspace(0.0, 1.0, settings["coarse_samples"] + 1), (len(origins), settings["coarse_samples"] + 1)
-    )
-    weights, _, _ = _shade(coarse, to_t(bins), origins, directions, view_dirs, rays["kind"] == "ndc")
-    fine_bins = importance_bins(
-        bins, weights, settings["importance_samples"], settings["histogram_padding"], settings["include_original"]
-    )
-    t = to_t(fine_bins)
-    weights, rgb, mids = _shade(fine, t, origins, directions, view_dirs, rays["kind"] == "ndc")
+    ndc = rays["kind"] == "ndc"
+    if grid is not None:  # section 5.8: the evenly spaced bins, evaluated where occupied, until opaque
+        n = settings["samples"]
+        t = to_t(np.broadcast_to(linspace(0.0, 1.0, n + 1), (len(origins), n + 1)))
+        march = (grid, float(settings["early_stop"]), int(settings["segment"]))
+        weights, rgb, mids = _shade(fine, t, origins, directions, view_dirs, ndc, march)
+    else:
+        assert coarse is not None
+        n = settings["coarse_samples"]
+        bins = np.broadcast_to(linspace(0.0, 1.0, n + 1), (len(origins), n + 1))
+        weights, _, _ = _shade(coarse, to_t(bins), origins, directions, view_dirs, ndc)
+        fine_bins = importance_bins(
+            bins, weights, settings["importance_samples"], settings["histogram_padding"], settings["include_original"]
+        )
+        weights, rgb, mids = _shade(fine, to_t(fine_bins), origins, directions, view_dirs, ndc)
     acc = weights.sum(axis=1, keepdims=True, dtype=F32)
     color = (weights[..., None] * np.nan_to_num(rgb)).sum(axis=1, dtype=F32)
     background = settings["background_color"]
@@ -364,20 +393,36 @@ def _render_rays(coarse: Network, fine: Network, settings: dict, origins, direct
     return np.clip(color, 0, 1).astype(F32), depth.astype(F32), acc
 
 
-def _shade(network: Network, t: np.ndarray, origins, directions, view_dirs, ndc: bool):
+def _shade(network: Network, t: np.ndarray, origins, directions, view_dirs, ndc: bool, march=None):
     """Weights [R, S], colours [R, S, 3] and sample parameters (interval midpoints) [R, S] of the intervals between
-    consecutive ray parameters ``t`` [R, S+1]."""
+    consecutive ray parameters ``t`` [R, S+1]. With ``march`` = (grid, early_stop, segment), the network sees only
+    the samples the occupancy sampler evaluates (section 5.8); the others have density 0."""
     starts, ends = t[:, :-1], t[:, 1:]
     sums = (starts + ends).astype(F32)
     positions = (origins[:, None, :] + ((directions[:, None, :] * sums[..., None]).astype(F32) / F32(2))).astype(F32)
     rays, samples = sums.shape
-    out = network.forward(positions.reshape(-1, 3), np.repeat(view_dirs, samples, axis=0))
-    density = out.density.reshape(rays, samples)
+    deltas = (ends - starts).astype(F32)
     if ndc:  # NDC directions are not unit length
         length = np.sqrt((directions * directions).sum(axis=-1, keepdims=True, dtype=F32)).astype(F32)
+    density, rgb = np.zeros((rays, samples), F32), np.zeros((rays, samples, 3), F32)
+    keep = np.ones((rays, samples), bool) if march is None else march[0].occupied(positions)
+    early_stop, segment = (0.0, samples) if march is None else march[1:]
+    lengths = (deltas * length).astype(F32) if ndc else deltas
+    optical, alive = np.zeros(rays, F32), np.ones(rays, bool)
+    for start in range(0, samples, segment):
+        cols = slice(start, min(start + segment, samples))
+        mask = keep[:, cols] & alive[:, None]
+        ray_index, column = np.nonzero(mask)
+        if len(ray_index):
+            out = network.forward(positions[:, cols][mask], view_dirs[ray_index])
+            density[:, cols][mask], rgb[:, cols][mask] = out.density[:, 0], out.rgb
+        if early_stop > 0:
+            optical = (optical + (lengths[:, cols] * density[:, cols]).sum(axis=1, dtype=F32)).astype(F32)
+            alive &= np.exp(-optical) >= F32(early_stop)
+    if ndc:
         density = (density * length).astype(F32)
-    weights = composite_weights(density, (ends - starts).astype(F32))
-    return weights, out.rgb.reshape(rays, samples, 3), (sums / F32(2)).astype(F32)
+    weights = composite_weights(density, deltas)
+    return weights, rgb, (sums / F32(2)).astype(F32)
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
@@ -402,7 +447,7 @@ def main(path: str) -> None:
     positions = rng.uniform(-1, 1, (4, 3)).astype(F32)
     directions = rng.normal(size=(4, 3)).astype(F32)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    for prefix in ("coarse.", "fine."):
+    for prefix in [p for p in ("coarse.", "fine.") if f"{p}trunk.0.weight" in f.tensors]:
         out = f.network(prefix).forward(positions, directions)
         for p, sigma, rgb in zip(positions, out.density[:, 0], out.rgb, strict=True):
             print(f"{prefix:7s} x={np.round(p, 3)} density={sigma:.4f} rgb={np.round(rgb, 4)}")

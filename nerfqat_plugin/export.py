@@ -25,7 +25,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.table import Table
 
-from nerfqat_plugin.int8_format import WEIGHTS_FILE, Int8ExportError, architecture, mlp_tensors, write_file
+from nerfqat_plugin.int8_format import GRID_TENSOR, WEIGHTS_FILE, Int8ExportError, architecture, mlp_tensors, write_file
 from nerfqat_plugin.quant.layers import QuantLinear
 from nerfqat_plugin.scene_record import (
     RECORD_FILE,
@@ -126,14 +126,16 @@ class ExportInt8:
                 " and will not match the run's own evaluation"
             )
         tensors: Dict[str, torch.Tensor] = {}
-        for prefix, mlp in zip(("coarse.", "fine."), model.mlps, strict=True):
+        for prefix, mlp in model.named_mlps.items():
             tensors.update(mlp_tensors(mlp, prefix, quant))
+        if model.grid is not None:
+            tensors[GRID_TENSOR] = model.grid.packed()
 
         outputs = pipeline.datamanager.train_dataparser_outputs
         data = Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)
         record = record_bytes(scene_record(self._splits(pipeline.datamanager), data))
         metadata = {
-            "architecture": architecture(model.config, model.field_coarse.encoding),
+            "architecture": architecture(model.config, model.field_fine.encoding),
             "quant": dataclasses.asdict(quant),
             "dataparser": {
                 "transform": outputs.dataparser_transform.tolist(),
@@ -205,14 +207,19 @@ class ExportInt8:
             table.add_column(column)
         shapes = {
             f"{prefix}{name}.weight": tuple(m.weight.shape)
-            for prefix, mlp in zip(("coarse.", "fine."), model.mlps, strict=True)
+            for prefix, mlp in model.named_mlps.items()
             for name, m in mlp.named_modules()
             if isinstance(m, QuantLinear)
         }
+        grid = model.grid
         for name, t in tensors.items():
             packed = name in shapes
             bits = f"{quant.weight_bits}-bit packed" if packed else str(t.dtype).replace("torch.", "")
             shape = "x".join(map(str, shapes[name] if packed else t.shape))
+            if name == GRID_TENSOR:
+                r = grid.resolution
+                bits = f"bitfield, zlib ({grid.occupied_fraction():.1%} occupied)"
+                shape = f"{r}x{r}x{r}"
             table.add_row(name, shape, bits, f"{t.numel() * t.element_size():,}")
         CONSOLE.print(table)
         size = path.stat().st_size

@@ -66,6 +66,11 @@ class QuantNeRFField(Field):
             raw = raw + torch.randn_like(raw) * self.raw_noise_std
         return torch.relu(raw), trunk_out
 
+    def density_at(self, positions: Tensor) -> Tensor:
+        """Density at points [n, 3] (no noise, whatever the mode): what the occupancy grid is updated from."""
+        raw, _ = self.mlp.density(self.position_encoding(0.5 * positions))
+        return torch.relu(raw)
+
     def get_outputs(  # type: ignore[override]
         self, ray_samples: RaySamples, density_embedding: Optional[Activation] = None
     ) -> Dict[FieldHeadNames, Tensor]:

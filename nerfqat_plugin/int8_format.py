@@ -8,6 +8,8 @@ alone. In short, per MLP (prefix ``coarse.`` or ``fine.``), for each Linear ``<n
 and for each activation quantizer ``<name>`` (``<linear>.out_quant`` or an input quantizer):
   ``<name>.qparams``       float32 [2] = (scale, zero_point); value = (code - zero_point) * scale, code in
                            [0, 2**activation_bits - 1]
+and, when the model was trained with the occupancy sampler (no coarse MLP then):
+  ``occupancy.bits``       uint8, the occupancy grid's bitfield, zlib-compressed (``OccupancyGrid.packed``)
 Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` / ``render`` (JSON;
 ``render``: the model's ``render_settings``, absent in exports made before it),
 ``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +45,9 @@ ARCHITECTURE_FIELDS = (
 )
 """Model config fields that fix the MLPs' tensors and inputs (recorded in the file with the encoding)."""
 PREFIXES = ("coarse.", "fine.")
-"""Tensor name prefixes of the coarse and fine MLPs, in the order of ``model.mlps``."""
+"""Tensor name prefixes of the coarse and fine MLPs (a model with the occupancy sampler has the fine one alone)."""
+GRID_TENSOR = "occupancy.bits"
+"""The occupancy grid's compressed bitfield (occupancy sampler only)."""
 
 
 class Int8ExportError(ValueError):
@@ -59,10 +63,11 @@ def architecture(model_config: Any, encoding: str) -> Dict[str, object]:
 
 
 def load_weights(
-    path: Path, mlps: Sequence[nn.Module], arch: Dict[str, object], quant: QuantConfig, kernel: Kernel, compile: bool
-) -> None:
-    """Make freshly built (fake-quantized) MLPs integer ones holding the file's weights, after checking that the
-    file was written for this architecture and quantization; ``Int8ExportError`` naming the file otherwise."""
+    path: Path, mlps: Dict[str, nn.Module], arch: Dict[str, object], quant: QuantConfig, kernel: Kernel, compile: bool
+) -> Dict[str, Tensor]:
+    """Make freshly built (fake-quantized) MLPs (by tensor-name prefix) integer ones holding the file's weights,
+    after checking that the file was written for this architecture and quantization and holds exactly these MLPs;
+    ``Int8ExportError`` naming the file otherwise. The file's tensors."""
     tensors, metadata = read_file(path)
     found = decode(metadata, "architecture")
     if found != arch:
@@ -75,9 +80,15 @@ def load_weights(
     ):
         raise Int8ExportError(f"{path}: quantization {spec} does not match the config's")
     file_quant = QuantConfig(**spec)
-    for prefix, mlp in zip(PREFIXES, mlps, strict=True):
+    found_mlps = [p for p in PREFIXES if any(k.startswith(p) for k in tensors)]
+    if found_mlps != list(mlps):
+        raise Int8ExportError(
+            f"{path}: holds the MLPs {[p[:-1] for p in found_mlps]}, the config's sampler uses {[p[:-1] for p in mlps]}"
+        )
+    for prefix, mlp in mlps.items():
         load_mlp_tensors(mlp, tensors, prefix, file_quant, path)
         set_kernel(mlp, kernel, compile)
+    return tensors
 
 
 def mlp_tensors(mlp: nn.Module, prefix: str, quant: QuantConfig) -> Dict[str, Tensor]:

@@ -20,14 +20,17 @@ from torch.nn import Parameter
 
 from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider, NDCMode, scene_collider
 from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding
-from nerfqat_plugin.int8_format import architecture, load_weights
+from nerfqat_plugin.int8_format import GRID_TENSOR, Int8ExportError, architecture, load_weights
 from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.occupancy import OccupancyConfig, OccupancyGrid, evaluating, march
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import Kernel, MatmulMode
 from nerfqat_plugin.quant.distributed import data_parallel, sync_observers
 from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
+
+Sampler = Literal["hierarchical", "occupancy"]
 
 
 @dataclass
@@ -35,10 +38,18 @@ class NeRFQATModelConfig(ModelConfig):
     """Vanilla NeRF whose MLPs are trained with simulated low-bit arithmetic."""
 
     _target: Type = field(default_factory=lambda: NeRFQATModel)
+    sampler: Sampler = "hierarchical"
+    """Where rays are sampled. 'hierarchical': the paper's coarse network on evenly spaced samples, then the fine
+    network on those and on samples drawn from the coarse weights. 'occupancy': one network, on evenly spaced
+    samples that lie in cells an occupancy grid marks occupied, front to back until the ray is opaque
+    (--pipeline.model.occupancy.*)."""
     num_coarse_samples: int = 64
-    """Uniform samples per ray for the coarse network."""
+    """Hierarchical sampler: uniform samples per ray for the coarse network."""
     num_importance_samples: int = 128
-    """Extra samples per ray drawn from the coarse weights; the fine network sees coarse + these."""
+    """Hierarchical sampler: extra samples per ray drawn from the coarse weights; the fine network sees coarse +
+    these."""
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    """Occupancy sampler: the grid and the marching (used with --pipeline.model.sampler occupancy)."""
     num_layers: int = 8
     """Linear+ReLU blocks in the trunk of each MLP."""
     layer_width: int = 256
@@ -102,14 +113,17 @@ class NeRFQATModel(Model):
     def populate_modules(self) -> None:
         cfg = self.config
         self.collider = scene_collider(cfg.ndc, self.kwargs.get("metadata") or {}, cfg.collider_params)
-        self.field_coarse = self._make_field()
+        hierarchical = cfg.sampler == "hierarchical"
+        self.field_coarse: Optional[QuantNeRFField] = self._make_field() if hierarchical else None
         self.field_fine = self._make_field()
         lindisp = cfg.lindisp and not isinstance(self.collider, NDCCollider)
         if lindisp and not self.collider.near_plane > 0:  # type: ignore[operator]
             raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {self.collider.near_plane}")
         sampler = LinearDisparitySampler if lindisp else UniformSampler
-        self.sampler_uniform = sampler(num_samples=cfg.num_coarse_samples)
-        self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples)
+        self.sampler_uniform = sampler(num_samples=cfg.num_coarse_samples if hierarchical else cfg.occupancy.samples)
+        """The evenly spaced samples: the coarse pass's, or the bins the occupancy sampler marches through."""
+        self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples) if hierarchical else None
+        self.grid = None if hierarchical else OccupancyGrid(self.scene_box.aabb, cfg.occupancy)
         self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer()
@@ -122,8 +136,10 @@ class NeRFQATModel(Model):
         self.ssim = structural_similarity_index_measure
         self.lpips = OfflineLPIPS()
         if cfg.int8_weights is not None:
-            arch = architecture(cfg, self.field_coarse.encoding)
-            load_weights(Path(cfg.int8_weights), self.mlps, arch, cfg.quant, cfg.int8_kernel, cfg.int8_compile)
+            path = Path(cfg.int8_weights)
+            arch = architecture(cfg, self.field_fine.encoding)
+            tensors = load_weights(path, self.named_mlps, arch, cfg.quant, cfg.int8_kernel, cfg.int8_compile)
+            self._load_grid(tensors, path)
         set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
         self.update_to_step(0)
 
@@ -145,9 +161,31 @@ class NeRFQATModel(Model):
         )
 
     @property
-    def mlps(self) -> Tuple[nn.Module, nn.Module]:
-        """The coarse and fine MLPs."""
-        return self.field_coarse.mlp, self.field_fine.mlp
+    def fields(self) -> Dict[str, QuantNeRFField]:
+        """The fields the sampler uses by name: 'coarse' and 'fine' (hierarchical), or 'fine' alone (occupancy)."""
+        named = {"coarse": self.field_coarse, "fine": self.field_fine}
+        return {name: f for name, f in named.items() if f is not None}
+
+    @property
+    def named_mlps(self) -> Dict[str, nn.Module]:
+        """The MLPs by their tensor-name prefix in the export ('coarse.', 'fine.')."""
+        return {f"{name}.": f.mlp for name, f in self.fields.items()}
+
+    @property
+    def mlps(self) -> Tuple[nn.Module, ...]:
+        """The MLPs the sampler uses (coarse and fine, or the occupancy sampler's one)."""
+        return tuple(self.named_mlps.values())
+
+    def _load_grid(self, tensors: Dict[str, Tensor], path: Path) -> None:
+        """The occupancy grid of an integer export (its bitfield), checked against the sampler the config names."""
+        if (GRID_TENSOR in tensors) != (self.grid is not None):
+            has = "has an occupancy grid" if GRID_TENSOR in tensors else "has no occupancy grid"
+            raise Int8ExportError(f"{path}: the file {has}, the config's sampler is {self.config.sampler!r}")
+        if self.grid is not None:
+            try:
+                self.grid.load_packed(tensors[GRID_TENSOR], str(path))
+            except ValueError as err:
+                raise Int8ExportError(str(err)) from None
 
     def update_to_step(self, step: int) -> None:
         """The QAT schedule: fake quantization on from ``quant_start_step``; observers move until
@@ -167,6 +205,14 @@ class NeRFQATModel(Model):
                 func=self.update_to_step,
             )
         ]
+        if self.grid is not None:  # after update_to_step: the grid sees the density as this step computes it
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                    update_every_num_iters=self.config.occupancy.update_every,
+                    func=self.update_grid,
+                )
+            )
         if data_parallel():  # every rank folds the same, all-reduced activation ranges after each step
             callbacks.append(
                 TrainingCallback(
@@ -177,26 +223,45 @@ class NeRFQATModel(Model):
             )
         return callbacks
 
+    def update_grid(self, step: int) -> None:
+        """Update the occupancy grid from the network's density (fake-quantized once QAT is on), observers still."""
+        assert self.grid is not None
+        field_ = self.field_fine
+        with evaluating(field_):
+            self.grid.update(field_.density_at, step)
+
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
+        return {"fields": [p for f in self.fields.values() for p in f.parameters()]}
 
     # --- outputs ------------------------------------------------------------------------------------------------
 
-    def _render(self, field_: QuantNeRFField, ray_samples) -> Tuple[Dict[str, Tensor], Tensor]:
-        out = field_(ray_samples)
-        density = out[FieldHeadNames.DENSITY]
+    def _density_scale(self, ray_samples) -> Optional[Tensor]:
+        """What a field's density is multiplied by per unit of the ray parameter: NDC directions are not unit length
+        (a step dt covers |d| dt of NDC space); None elsewhere."""
         if isinstance(self.collider, NDCCollider):
-            # NDC directions are not unit length: a step dt covers |d| dt of NDC space
-            density = density * ray_samples.frustums.directions.norm(dim=-1, keepdim=True)
+            return ray_samples.frustums.directions.norm(dim=-1, keepdim=True)
+        return None
+
+    def _composite(self, ray_samples, density: Tensor, rgb: Tensor) -> Tuple[Dict[str, Tensor], Tensor]:
+        scale = self._density_scale(ray_samples)
+        if scale is not None:
+            density = density * scale
         weights = ray_samples.get_weights(density)
         rendered = {
-            "rgb": self.renderer_rgb(rgb=out[FieldHeadNames.RGB], weights=weights),
+            "rgb": self.renderer_rgb(rgb=rgb, weights=weights),
             "accumulation": self.renderer_accumulation(weights),
             "depth": self.renderer_depth(weights, ray_samples),
         }
         return rendered, weights
 
+    def _render(self, field_: QuantNeRFField, ray_samples) -> Tuple[Dict[str, Tensor], Tensor]:
+        out = field_(ray_samples)
+        return self._composite(ray_samples, out[FieldHeadNames.DENSITY], out[FieldHeadNames.RGB])
+
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
+        if self.grid is not None:
+            return self._occupancy_outputs(ray_bundle)
+        assert self.field_coarse is not None and self.sampler_pdf is not None
         samples_coarse = self.sampler_uniform(ray_bundle)
         coarse, weights_coarse = self._render(self.field_coarse, samples_coarse)
         samples_fine = self.sampler_pdf(ray_bundle, samples_coarse, weights_coarse)
@@ -205,12 +270,47 @@ class NeRFQATModel(Model):
         outputs.update({f"{k}_coarse": v for k, v in coarse.items()})
         return outputs
 
+    def _occupancy_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """The occupancy sampler (see ``occupancy``): the network on the samples in occupied cells in front of the
+        point where each ray turns opaque, packed; every other sample has zero density. Outputs as the fine pass's,
+        and "mlp_samples": the samples each ray evaluated."""
+        assert self.grid is not None
+        cfg = self.config.occupancy
+        samples = self.sampler_uniform(ray_bundle)
+        keep = self.grid.occupied(samples.frustums.get_positions())
+        lengths = samples.deltas[..., 0]
+        scale = self._density_scale(samples)
+        if scale is not None:
+            lengths = lengths * scale[..., 0]
+        field_ = self.field_fine
+
+        def evaluate(mask: Tensor, columns: slice) -> Dict[str, Tensor]:
+            out = field_(samples[:, columns][mask])
+            return {"density": out[FieldHeadNames.DENSITY], "rgb": out[FieldHeadNames.RGB]}
+
+        if torch.is_grad_enabled():
+            if cfg.early_stop > 0:  # where rays turn opaque: a pass without gradients, noise or observers
+                with evaluating(field_):
+                    _, keep = march(keep, lengths, evaluate, {"density": 1, "rgb": 3}, cfg.early_stop, cfg.segment)
+            if not bool(keep.any()):  # a batch of empty rays still gives the loss a path to the weights
+                keep = keep.clone()
+                keep[0, 0] = True
+            out = field_(samples[keep])
+            density, rgb = (_scatter(keep, out[head]) for head in (FieldHeadNames.DENSITY, FieldHeadNames.RGB))
+        else:
+            dense, keep = march(keep, lengths, evaluate, {"density": 1, "rgb": 3}, cfg.early_stop, cfg.segment)
+            density, rgb = dense["density"], dense["rgb"]
+        outputs, _ = self._composite(samples, density, rgb)
+        outputs["mlp_samples"] = keep.sum(dim=-1, keepdim=True).float()
+        return outputs
+
     # --- losses and metrics -------------------------------------------------------------------------------------
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         image = batch["image"].to(outputs["rgb"].device)
         losses = {}
-        for name, suffix in (("rgb_loss_coarse", "_coarse"), ("rgb_loss_fine", "")):
+        passes = (("rgb_loss_coarse", "_coarse"), ("rgb_loss_fine", ""))
+        for name, suffix in passes if self.field_coarse is not None else passes[1:]:
             pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
                 pred_image=outputs["rgb" + suffix],
                 pred_accumulation=outputs["accumulation" + suffix],
@@ -233,24 +333,38 @@ class NeRFQATModel(Model):
         else:
             kind = "axis_depth" if isinstance(collider, AxisDepthCollider) else "near_far"
             rays = {"kind": kind, "near": float(collider.near_plane), "far": float(collider.far_plane)}  # type: ignore[arg-type]
-        return {
-            "rays": rays,
-            "coarse_samples": int(self.config.num_coarse_samples),
-            "coarse_spacing": "disparity" if isinstance(self.sampler_uniform, LinearDisparitySampler) else "linear",
-            "importance_samples": int(self.config.num_importance_samples),
-            "histogram_padding": float(self.sampler_pdf.histogram_padding),
-            "include_original": bool(self.sampler_pdf.include_original),
-            "background_color": self.config.background_color,
-            "depth": self.renderer_depth.method,
-        }
+        spacing = "disparity" if isinstance(self.sampler_uniform, LinearDisparitySampler) else "linear"
+        settings: Dict[str, object] = {"rays": rays, "sampler": self.config.sampler}
+        if self.grid is None:
+            assert self.sampler_pdf is not None
+            settings.update(
+                coarse_samples=int(self.config.num_coarse_samples),
+                coarse_spacing=spacing,
+                importance_samples=int(self.config.num_importance_samples),
+                histogram_padding=float(self.sampler_pdf.histogram_padding),
+                include_original=bool(self.sampler_pdf.include_original),
+            )
+        else:
+            cfg = self.config.occupancy
+            settings.update(
+                samples=int(cfg.samples),
+                spacing=spacing,
+                grid={"resolution": self.grid.resolution, "aabb": self.grid.aabb.tolist()},
+                early_stop=float(cfg.early_stop),
+                segment=int(cfg.segment),
+            )
+        settings.update(background_color=self.config.background_color, depth=self.renderer_depth.method)
+        return settings
 
     def size_metrics(self) -> Dict[str, float]:
-        """Parameter count and model size in bytes, fp32 and at the quantized bit widths (both MLPs)."""
+        """Parameter count and model size in bytes, fp32 and at the quantized bit widths (the MLPs the sampler uses;
+        with an occupancy grid, its compressed bitfield counts in both sizes)."""
         mlps = self.mlps
+        grid = float(self.grid.packed().numel()) if self.grid is not None else 0.0
         return {
             "num_params": float(sum(num_params(m) for m in mlps)),
-            "model_bytes_fp32": float(sum(fp32_nbytes(m) for m in mlps)),
-            "model_bytes_quantized": float(sum(quantized_nbytes(m, self.config.quant) for m in mlps)),
+            "model_bytes_fp32": float(sum(fp32_nbytes(m) for m in mlps)) + grid,
+            "model_bytes_quantized": float(sum(quantized_nbytes(m, self.config.quant) for m in mlps)) + grid,
         }
 
     def get_image_metrics_and_images(
@@ -265,26 +379,32 @@ class NeRFQATModel(Model):
                 outputs["depth" + suffix], accumulation=outputs["accumulation" + suffix], **near_far
             )
 
+        suffixes = ("_coarse", "") if self.field_coarse is not None else ("",)  # coarse pass first, then fine
         images = {
-            "img": torch.cat([image, outputs["rgb_coarse"], outputs["rgb"]], dim=1),
-            "accumulation": torch.cat(
-                [colormaps.apply_colormap(outputs[k]) for k in ("accumulation_coarse", "accumulation")], dim=1
-            ),
-            "depth": torch.cat([depth_image("_coarse"), depth_image("")], dim=1),
+            "img": torch.cat([image, *(outputs["rgb" + s] for s in suffixes)], dim=1),
+            "accumulation": torch.cat([colormaps.apply_colormap(outputs["accumulation" + s]) for s in suffixes], dim=1),
+            "depth": torch.cat([depth_image(s) for s in suffixes], dim=1),
         }
 
         def nchw(x: Tensor) -> Tensor:
             return torch.moveaxis(x, -1, 0)[None, ...]
 
-        gt, fine, coarse = nchw(image), nchw(outputs["rgb"]), nchw(outputs["rgb_coarse"])
-        metrics: Dict[str, float] = {
-            "psnr": float(self.psnr(fine, gt)),
-            "coarse_psnr": float(self.psnr(coarse, gt)),
-            "ssim": float(self.ssim(fine, gt)),  # type: ignore[arg-type]
-            "coarse_ssim": float(self.ssim(coarse, gt)),  # type: ignore[arg-type]
-        }
+        gt, fine = nchw(image), nchw(outputs["rgb"])
+        metrics: Dict[str, float] = {"psnr": float(self.psnr(fine, gt)), "ssim": float(self.ssim(fine, gt))}  # type: ignore[arg-type]
+        if self.field_coarse is not None:
+            coarse = nchw(outputs["rgb_coarse"])
+            metrics["coarse_psnr"] = float(self.psnr(coarse, gt))
+            metrics["coarse_ssim"] = float(self.ssim(coarse, gt))  # type: ignore[arg-type]
+        if "mlp_samples" in outputs:
+            metrics["mlp_samples_per_ray"] = float(outputs["mlp_samples"].mean())
         lpips = self.lpips(fine, gt)
         if lpips is not None:
             metrics["lpips"] = lpips
         metrics.update(self.size_metrics())
         return metrics, images
+
+
+def _scatter(mask: Tensor, packed: Tensor) -> Tensor:
+    """Packed per-sample values [n, c] at the True places of ``mask`` [rays, bins], zero elsewhere (with gradients)."""
+    c = packed.shape[-1]
+    return packed.new_zeros(*mask.shape, c).masked_scatter(mask[..., None].expand(*mask.shape, c), packed)

@@ -110,7 +110,7 @@ def load_pipeline(config: Path):
 
 
 def set_tile(pipeline, samples: int) -> None:
-    for f in (pipeline.model.field_coarse, pipeline.model.field_fine):
+    for f in pipeline.model.fields.values():
         f.cpu_tile_samples = samples
 
 

@@ -35,6 +35,10 @@ def train_args(output_dir: Path, steps: int, extra: Sequence[str] = ()) -> List[
     return [*train_flags("cpu", output_dir, "tiny", steps, preset=PRESETS["tiny"]), *extra]
 
 
+OCCUPANCY = ["--pipeline.model.sampler", "occupancy", "--pipeline.model.occupancy.resolution", "16"]
+"""ns-train flags of a tiny run with the occupancy sampler (a 16^3 grid)."""
+
+
 @pytest.fixture(scope="session")
 def blender_scene(tmp_path_factory) -> Path:
     return write_blender_scene(tmp_path_factory.mktemp("scene") / "blender", size=32, views=4)
@@ -57,13 +61,30 @@ def exported_run(tmp_path_factory, trained_run: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def occupancy_run(tmp_path_factory, blender_scene) -> Path:
+    """config.yml of a 30-step nerf-qat run with the occupancy sampler on the tiny Blender scene (shared)."""
+    work = tmp_path_factory.mktemp("occupancy-run")
+    args = train_args(work / "outputs", 30, [*OCCUPANCY, "blender-data", "--data", str(blender_scene)])
+    run_ns("ns-train", *args, cwd=work)
+    return find_config(work / "outputs", "tiny", "nerf-qat")
+
+
+@pytest.fixture(scope="session")
+def occupancy_export(tmp_path_factory, occupancy_run: Path) -> Path:
+    """Directory of ``occupancy_run``'s int8 export (shared, do not modify)."""
+    out = tmp_path_factory.mktemp("occupancy-export") / "int8"
+    run_ns("ns-export-int8", "--load-config", str(occupancy_run), "--output-dir", str(out), cwd=out.parent)
+    return out
+
+
+@pytest.fixture(scope="session")
 def moved_llff_export(tmp_path_factory) -> Path:
-    """The int8 export of a tiny forward-facing (LLFF, NDC) run, copied to a fresh folder; the original export, the
-    training run and the scene are deleted (shared, do not modify)."""
+    """The int8 export of a tiny forward-facing (LLFF, NDC) run with the occupancy sampler, copied to a fresh folder;
+    the original export, the training run and the scene are deleted (shared, do not modify)."""
     work = tmp_path_factory.mktemp("llff-run")
     scene = write_llff_scene(work / "scene", num_images=9)
     data = ["llff-data", "--data", str(scene), "--downscale-factor", "4"]
-    run_ns("ns-train", *train_args(work / "outputs", 30, data), cwd=work)
+    run_ns("ns-train", *train_args(work / "outputs", 30, [*OCCUPANCY, *data]), cwd=work)
     config = find_config(work / "outputs", "tiny", "nerf-qat")
     run_ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(work / "export"), cwd=work)
     moved = tmp_path_factory.mktemp("elsewhere") / "fern-int8"

@@ -42,11 +42,11 @@ SAME = 6.0
 SWITCH_TIMEOUT = 60.0
 """Seconds for the viewer to show another output after it is picked in the control panel."""
 MATCH_TIMEOUT = 10.0
-"""Seconds for the render area to settle on the model's render once the viewer has sent its full-resolution frame
-(a frame sent while moving is re-sent when still)."""
+"""Seconds a full-resolution frame that is not the model's render may stay on screen unchanged before the test fails
+(a frame from before the start camera was placed is replaced by new ones, each of which restarts the count)."""
 RENDER_TIMEOUT = 300.0
-"""Seconds for the viewer to send its full-resolution frame of an output: it may time and compile kernels for new
-tile sizes first, and a busy machine slows it several-fold; a finished frame is never waited for."""
+"""Seconds for the viewer to settle on a full-resolution frame of an output: it may time and compile kernels for new
+tile sizes first, and a busy machine slows it several-fold; a finished, unchanging frame is not waited for."""
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,9 @@ FULL_RES = 512
 """nerfstudio's default "Max res": the size of the frame the viewer renders once the camera has stopped."""
 JPEG_QUALITIES = (40, 75)
 """The viewer sends frames as JPEG, at quality 40 while the camera moves and 75 (ViewerConfig.jpeg_quality) after."""
+FRAME_CHANGED = 1.0
+"""Box-filtered (16x12) render areas of two screenshots differ by more than this (mean, 0-255 levels) when the viewer
+has put a new frame on screen; the same frame sent again (JPEG) stays well below it."""
 MARGIN = 0.15
 """Part of the canvas left out on each side when measuring the render (keeps out the axes widget, bottom left)."""
 
@@ -248,28 +251,36 @@ class ViewerPage:
         """Take frames until ``condition(render area, resolution)`` holds; the frame that satisfied it.
 
         With ``ready`` (a predicate on the frame's resolution, e.g. ``full_resolution``), ``timeout`` counts from
-        the first frame that is ready, which may take up to ``ready_timeout`` seconds: a viewer that is still
-        rendering (compiling, or slowed by a busy machine) is waited for, one that shows a finished frame is not."""
+        the moment the last change of the screen left a ready frame on it: a viewer that is still rendering
+        (compiling, slowed by a busy machine, or sending new frames after its camera moved) is waited for, up to
+        ``ready_timeout`` seconds in all; one that keeps showing the same finished frame is not."""
         start = time.monotonic()
         deadline = None if ready is not None else start + timeout
+        settled: Optional[Tuple[np.ndarray, Optional[Tuple[int, int]]]] = None  # the ready frame on screen
         while True:
             shot, resolution = self.frame()
             area = self.render_area(shot)
             if condition(area, resolution):
                 return shot, resolution
             now = time.monotonic()
-            if deadline is None and ready is not None and ready(resolution):
-                deadline = now + timeout
-            if deadline is None and now > start + ready_timeout:
-                raise AssertionError(
-                    f"waited {ready_timeout:.0f} s for the viewer to finish rendering (a full-resolution frame) "
-                    f"before {what}: frame {resolution}, render area mean colour {area.mean((0, 1)).round(1)} "
-                    f"{explain(area, resolution)}"
-                )
+            if ready is not None:
+                small = downsample(area)
+                if not ready(resolution):
+                    deadline, settled = None, None
+                elif settled is None or settled[1] != resolution or difference(small, settled[0]) > FRAME_CHANGED:
+                    deadline, settled = now + timeout, (small, resolution)
+                if now > start + ready_timeout:
+                    state = "a full-resolution frame that kept changing" if deadline else "a full-resolution frame"
+                    raise AssertionError(
+                        f"waited {ready_timeout:.0f} s for the viewer to finish rendering ({state}) before {what}: "
+                        f"frame {resolution}, render area mean colour {area.mean((0, 1)).round(1)} "
+                        f"{explain(area, resolution)}"
+                    )
             if deadline is not None and now > deadline:
                 raise AssertionError(
-                    f"waited {timeout:.0f} s{' after a full-resolution frame' if ready else ''} for {what}: frame "
-                    f"{resolution}, render area mean colour {area.mean((0, 1)).round(1)} {explain(area, resolution)}"
+                    f"waited {timeout:.0f} s{' with the same full-resolution frame on screen' if ready else ''} for "
+                    f"{what}: frame {resolution}, render area mean colour {area.mean((0, 1)).round(1)} "
+                    f"{explain(area, resolution)}"
                 )
             time.sleep(poll)
 
