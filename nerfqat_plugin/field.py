@@ -75,7 +75,7 @@ class QuantNeRFField(Field):
         self, ray_samples: RaySamples, density_embedding: Optional[Activation] = None
     ) -> Dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
-        directions = self.direction_encoding(0.5 * _view_directions(ray_samples))
+        directions = self.direction_encoding(0.5 * view_directions(ray_samples))
         return {FieldHeadNames.RGB: self.mlp.color(density_embedding, directions)}
 
     def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> Dict[FieldHeadNames, Tensor]:
@@ -86,11 +86,19 @@ class QuantNeRFField(Field):
         if compute_normals or torch.is_grad_enabled() or ray_samples.frustums.origins.device.type != "cpu":
             return super().forward(ray_samples, compute_normals)
         positions = ray_samples.frustums.get_positions()
+        density, rgb = self.points(positions, view_directions(ray_samples))
+        return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb}
+
+    @torch.no_grad()
+    def points(self, positions: Tensor, view_dirs: Tensor) -> Tuple[Tensor, Tensor]:
+        """(density [..., 1], rgb [..., 3]) at points [..., 3] seen along world directions [..., 3], for rendering
+        (no gradients, no density noise): on a CPU in tiles (see ``forward``), elsewhere all at once."""
         batch = positions.shape[:-1]
         positions = positions.reshape(-1, 3)
-        view_dirs = _view_directions(ray_samples).reshape(-1, 3)
-        tile = self.cpu_tile_samples if self.cpu_tile_samples > 0 else max(positions.shape[0], 1)
-        whole = one_graph(self.mlp, positions.device, min(tile, positions.shape[0]))
+        view_dirs = view_dirs.reshape(-1, 3)
+        on_cpu = positions.device.type == "cpu"
+        tile = self.cpu_tile_samples if on_cpu and self.cpu_tile_samples > 0 else max(positions.shape[0], 1)
+        whole = one_graph(self.mlp, positions.device, min(tile, positions.shape[0])) if on_cpu else False
         densities, colors = [], []
         for start in range(0, positions.shape[0], tile):
             position_enc = self.position_encoding(0.5 * positions[start : start + tile])
@@ -98,10 +106,9 @@ class QuantNeRFField(Field):
             density, logits = call(_mlp_outputs, (self.mlp, position_enc, direction_enc), whole)
             densities.append(density)
             colors.append(torch.sigmoid(logits))  # eager: compiled, it may differ in the last bit
-        return {
-            FieldHeadNames.DENSITY: torch.cat(densities).reshape(*batch, -1),
-            FieldHeadNames.RGB: torch.cat(colors).reshape(*batch, -1),
-        }
+        if not densities:
+            return positions.new_zeros(*batch, 1), positions.new_zeros(*batch, 3)
+        return torch.cat(densities).reshape(*batch, -1), torch.cat(colors).reshape(*batch, -1)
 
 
 def _mlp_outputs(mlp: nn.Module, position_enc: Tensor, direction_enc: Tensor) -> Tuple[Tensor, Tensor]:
@@ -110,7 +117,7 @@ def _mlp_outputs(mlp: nn.Module, position_enc: Tensor, direction_enc: Tensor) ->
     return torch.relu(raw), mlp.color_logits(trunk_out, direction_enc)
 
 
-def _view_directions(ray_samples: RaySamples) -> Tensor:
+def view_directions(ray_samples: RaySamples) -> Tensor:
     """The world viewing direction of each sample: a model that warps rays (NDC) passes it along in the ray
     metadata, since the frustums then hold warped directions."""
     return (ray_samples.metadata or {}).get("view_directions", ray_samples.frustums.directions)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider, NDCMode, scene_collider
-from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding
+from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding, view_directions
 from nerfqat_plugin.int8_format import GRID_TENSOR, Int8ExportError, architecture, load_weights
 from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
@@ -31,6 +31,10 @@ from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
 
 Sampler = Literal["hierarchical", "occupancy"]
+STOPPING_PAYS = 0.3
+"""Training stops rays early (a density pass without gradients first) while that drops at least this fraction of the
+occupied samples, as measured on the batch after each grid update: the pass costs about a third of the forward and
+backward passes that each dropped sample saves."""
 
 
 @dataclass
@@ -38,11 +42,12 @@ class NeRFQATModelConfig(ModelConfig):
     """Vanilla NeRF whose MLPs are trained with simulated low-bit arithmetic."""
 
     _target: Type = field(default_factory=lambda: NeRFQATModel)
-    sampler: Sampler = "hierarchical"
-    """Where rays are sampled. 'hierarchical': the paper's coarse network on evenly spaced samples, then the fine
-    network on those and on samples drawn from the coarse weights. 'occupancy': one network, on evenly spaced
-    samples that lie in cells an occupancy grid marks occupied, front to back until the ray is opaque
-    (--pipeline.model.occupancy.*)."""
+    sampler: Sampler = "occupancy"
+    """Where rays are sampled. 'occupancy': one network, on evenly spaced samples that lie in cells an occupancy grid
+    marks occupied, front to back until the ray is opaque (--pipeline.model.occupancy.*); the default, as it reached
+    a better held-out PSNR in the same training time on fern (images_16) and on an object scene
+    (benchmarks/occupancy_cpu_avx2.md). 'hierarchical': the paper's coarse network on evenly spaced samples, then
+    the fine network on those and on samples drawn from the coarse weights."""
     num_coarse_samples: int = 64
     """Hierarchical sampler: uniform samples per ray for the coarse network."""
     num_importance_samples: int = 128
@@ -124,6 +129,10 @@ class NeRFQATModel(Model):
         """The evenly spaced samples: the coarse pass's, or the bins the occupancy sampler marches through."""
         self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples) if hierarchical else None
         self.grid = None if hierarchical else OccupancyGrid(self.scene_box.aabb, cfg.occupancy)
+        self._measure_stopping = True
+        """Training: whether the next batch measures the samples its early stop drops (after each grid update)."""
+        self._stopping_pays = True
+        """Training: whether the last measurement found early stopping worth its pass without gradients."""
         self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer()
@@ -224,11 +233,13 @@ class NeRFQATModel(Model):
         return callbacks
 
     def update_grid(self, step: int) -> None:
-        """Update the occupancy grid from the network's density (fake-quantized once QAT is on), observers still."""
+        """Update the occupancy grid from the network's density (fake-quantized once QAT is on), observers still;
+        the next training batch measures again whether stopping rays early pays."""
         assert self.grid is not None
         field_ = self.field_fine
         with evaluating(field_):
             self.grid.update(field_.density_at, step)
+        self._measure_stopping = True
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": [p for f in self.fields.values() for p in f.parameters()]}
@@ -277,21 +288,30 @@ class NeRFQATModel(Model):
         assert self.grid is not None
         cfg = self.config.occupancy
         samples = self.sampler_uniform(ray_bundle)
-        keep = self.grid.occupied(samples.frustums.get_positions())
+        positions, directions = samples.frustums.get_positions(), view_directions(samples)
+        keep = self.grid.occupied(positions)
         lengths = samples.deltas[..., 0]
         scale = self._density_scale(samples)
         if scale is not None:
             lengths = lengths * scale[..., 0]
         field_ = self.field_fine
 
-        def evaluate(mask: Tensor, columns: slice) -> Dict[str, Tensor]:
-            out = field_(samples[:, columns][mask])
-            return {"density": out[FieldHeadNames.DENSITY], "rgb": out[FieldHeadNames.RGB]}
+        def evaluate(mask: Tensor, columns: slice) -> Dict[str, Tensor]:  # no gradients: the packed points alone
+            density, rgb = field_.points(positions[:, columns][mask], directions[:, columns][mask])
+            return {"density": density, "rgb": rgb}
 
         if torch.is_grad_enabled():
-            if cfg.early_stop > 0:  # where rays turn opaque: a pass without gradients, noise or observers
+            if cfg.early_stop > 0 and (self._measure_stopping or self._stopping_pays):
+                # where rays turn opaque: densities without gradients, noise or observers
+                def density(mask: Tensor, columns: slice) -> Dict[str, Tensor]:
+                    return {"density": field_.density_at(positions[:, columns][mask])}
+
+                occupied = keep.sum()
                 with evaluating(field_):
-                    _, keep = march(keep, lengths, evaluate, {"density": 1, "rgb": 3}, cfg.early_stop, cfg.segment)
+                    _, keep = march(keep, lengths, density, {"density": 1}, cfg.early_stop, cfg.segment)
+                if self._measure_stopping:  # the pass costs about a third of what each sample it drops saves
+                    self._stopping_pays = bool(keep.sum() <= occupied * (1 - STOPPING_PAYS))
+                    self._measure_stopping = False
             if not bool(keep.any()):  # a batch of empty rays still gives the loss a path to the weights
                 keep = keep.clone()
                 keep[0, 0] = True

@@ -50,7 +50,8 @@ class OccupancyConfig:
     """Before this step every update evaluates every cell; after it, a random quarter of them."""
     early_stop: float = 1e-4
     """A ray stops once its transmittance falls below this (0: never). Training finds where with a density pass
-    without gradients, then evaluates the network with gradients on the samples in front of it."""
+    without gradients, then evaluates the network with gradients on the samples in front of it, as long as that
+    pays: the batch after each grid update measures it (model.STOPPING_PAYS)."""
     segment: int = 16
     """Bins a ray advances between transmittance checks (rendering and the training pre-pass)."""
 

@@ -149,7 +149,8 @@ def eval_benchmark(work: Path, steps: int, rays: int, size: int, rounds: int, de
          "--height", str(size * 3 // 4)],
         check=True, capture_output=True,
     )  # fmt: skip
-    preset = dataclasses.replace(PRESETS["gpu"], rays=rays, quant_start_step=0)  # the default architecture
+    # the default architecture and the paper's sampler (scripts/bench_occupancy.py compares the samplers)
+    preset = dataclasses.replace(PRESETS["gpu"], rays=rays, quant_start_step=0, sampler="hierarchical")
     data = ["llff-data", "--data", str(scene), "--downscale-factor", "1"]
     configs = {}
     for name, extra in (("fp32", ["--pipeline.model.quant.enabled", "False"]), ("qat", [])):

@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import tyro
@@ -64,6 +64,11 @@ class BenchOccupancy:
     render_views: int = 3
     """Held-out views rendered per variant for the render rates (fewer: faster)."""
     device: str = "cpu"
+    """cpu or cuda (the same PyTorch marcher runs on both)."""
+    fern: Path = FERN
+    """The fern scene folder (poses_bounds.npy, images_16/)."""
+    workdir: Optional[Path] = None
+    """Keep the runs and exports here (default: a temporary folder, deleted at the end)."""
 
     def main(self) -> None:
         command = "python scripts/bench_occupancy.py " + " ".join(sys.argv[1:])
@@ -72,9 +77,10 @@ class BenchOccupancy:
         result["preset"] = dataclasses.asdict(preset)
         result["scenes"] = {}
         with tempfile.TemporaryDirectory() as tmp:
+            root = Path(self.workdir or tmp)
             for scene in self.scenes:
                 print(f"=== {scene}", flush=True)
-                result["scenes"][scene] = self._scene(scene, Path(tmp) / scene, preset)  # type: ignore[index]
+                result["scenes"][scene] = self._scene(scene, root / scene, preset)  # type: ignore[index]
                 self._write(result)
         result["machine"] = machine(self.device)
         self._write(result)
@@ -105,9 +111,9 @@ class BenchOccupancy:
             subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
             return LLFFDataParserConfig(data=data, downscale_factor=1, ndc=True), "demo scene 64x48, forward-facing"
         if scene == "fern":
-            if not (FERN / "poses_bounds.npy").is_file():
-                raise FileNotFoundError(f"{FERN}: fern not found (the benchmark reads ../shared/data/nerf_llff_data)")
-            return LLFFDataParserConfig(data=FERN, downscale_factor=16, ndc=True), "fern images_16 (252x189), NDC"
+            if not (self.fern / "poses_bounds.npy").is_file():
+                raise FileNotFoundError(f"{self.fern}: no fern scene there (pass --fern FOLDER)")
+            return LLFFDataParserConfig(data=self.fern, downscale_factor=16, ndc=True), "fern images_16 (252x189), NDC"
         raise ValueError(f"unknown scene {scene!r} (object, demo or fern)")
 
     def _config(self, dataparser, preset, work: Path, sampler: str, qat: bool):

@@ -143,7 +143,11 @@ class BenchTrain:
         from nerfqat_plugin.registration import nerf_qat
 
         preset = dataclasses.replace(
-            PRESETS["gpu"], coarse_samples=self.coarse_samples, fine_samples=self.fine_samples, rays=rays
+            PRESETS["gpu"],
+            coarse_samples=self.coarse_samples,
+            fine_samples=self.fine_samples,
+            rays=rays,
+            sampler="hierarchical",  # vanilla-nerf's sampler: the same samples per ray
         )
 
         def vanilla(device: str):
@@ -233,7 +237,7 @@ class BenchTrain:
         """Held-out PSNR after a short fixed run, fast matmuls on and off (same seed, narrow model)."""
         from nerfqat_plugin.registration import nerf_qat
 
-        preset = dataclasses.replace(PRESETS["cpu"], rays=512)
+        preset = dataclasses.replace(PRESETS["cpu"], rays=512, sampler="hierarchical")
         result: Dict[str, object] = {
             "steps": self.quality_steps,
             "model": f"4x128, 32+32 samples, 512 rays, QAT from step {self.quality_steps // 3}",

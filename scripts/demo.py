@@ -124,7 +124,8 @@ class Demo:
             f"({fp32_bytes / size:.2f}x smaller); training checkpoint {ckpt_size / 1e6:.3f} MB",
             f"Eval rays/s: fake-quantized {results['trained']['num_rays_per_sec']:.0f}, "
             f"int8 {results['int8']['num_rays_per_sec']:.0f}",
-            f"Renders (ground truth | coarse | fine): {work / 'renders-int8'}",
+            f"Renders (ground truth | {'coarse | fine' if 'coarse_psnr' in results['int8'] else 'render'}): "
+            f"{work / 'renders-int8'}",
             f"Export: {export} (ns-eval / ns-render / ns-viewer --load-config {export / 'config.yml'})",
             f"Training: {steps} steps, QAT from step {preset.quant_start_step or 500}",
             f"Total time: {(time.time() - start) / 60:.1f} min on {device}",

@@ -4,6 +4,8 @@
 #                                               vs fp32 rendering (bench_int8)                     about 5 minutes
 #   bash scripts/gpu_bench.sh fern [FERN_DIR]    the fern tables: every variant trained side by side for 300 s,
 #                                               compared at a common step (benchmark.py --preset gpu) about 9 minutes
+#   bash scripts/gpu_bench.sh occupancy [FERN_DIR]  occupancy vs hierarchical sampler on the object scene and fern:
+#                                               time to PSNR and render rays/s (bench_occupancy.py)  not yet timed
 # Results in benchmarks/ (train_gpu_1024, train_gpu_4096, int8_gpu, fern_gpu), copied to $OUT when it is set;
 # a stopped step keeps what it measured. An offline machine without nerfstudio installs it from wheels in .whl/
 # (see ../shared/gpu/README.md). DRY=1 runs the same steps on this machine's CPU with tiny settings, to check the
@@ -23,10 +25,12 @@ if [ "${DRY:-0}" = 1 ]; then
     SPEED="--rays 32 --warmup 1 --steps 1" T=4
     INT8="--batch 4096 --repeats 1 --eval-steps 2 --eval-size 16"
     FERN_ARGS="--preset tiny --downscale-factor 16 --steps 100000 --save-every 5 --train-seconds 60"
+    OCC_ARGS="--preset tiny --rays 64 --steps 20 --eval-every 10 --render-views 1"
     mkdir -p $OUTDIR
 else
     DEVICE=cuda OUTDIR=benchmarks
     SPEED="" INT8="" FERN_ARGS="--preset gpu --train-seconds 300" T=1
+    OCC_ARGS="--preset gpu --rays 1024 --steps 1000 --eval-every 250"
     $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
     nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv || true
 fi
@@ -43,13 +47,17 @@ fern)
     timeout $((560 * T)) $PY scripts/benchmark.py --device $DEVICE --data "$FERN" --workdir /tmp/benchmark_runs $FERN_ARGS \
         --output $OUTDIR/fern_gpu 2>&1 | tail -80
     ;;
+occupancy)
+    timeout $((560 * T)) $PY scripts/bench_occupancy.py --device $DEVICE --fern "$FERN" --scenes object fern $OCC_ARGS \
+        --output $OUTDIR/occupancy_gpu 2>&1 | grep -v "Warning\|warn(\|nerf-qat:" | tail -60
+    ;;
 *)
-    echo "usage: bash scripts/gpu_bench.sh speed|fern [FERN_DIR]" >&2
+    echo "usage: bash scripts/gpu_bench.sh speed|fern|occupancy [FERN_DIR]" >&2
     exit 2
     ;;
 esac
 if [ -n "${OUT:-}" ]; then
-    cp $OUTDIR/train_gpu_* $OUTDIR/int8_gpu* $OUTDIR/fern_gpu* "$OUT"/ 2>/dev/null
+    cp $OUTDIR/train_gpu_* $OUTDIR/int8_gpu* $OUTDIR/fern_gpu* $OUTDIR/occupancy_gpu* "$OUT"/ 2>/dev/null
     tail -c 200000 /tmp/benchmark_runs/*/train.log > "$OUT/logs.txt" 2>/dev/null
 fi
 exit 0

@@ -35,6 +35,8 @@ def train_args(output_dir: Path, steps: int, extra: Sequence[str] = ()) -> List[
     return [*train_flags("cpu", output_dir, "tiny", steps, preset=PRESETS["tiny"]), *extra]
 
 
+HIERARCHICAL = ["--pipeline.model.sampler", "hierarchical"]
+"""ns-train flags of a run with the paper's coarse + fine sampler."""
 OCCUPANCY = ["--pipeline.model.sampler", "occupancy", "--pipeline.model.occupancy.resolution", "16"]
 """ns-train flags of a tiny run with the occupancy sampler (a 16^3 grid)."""
 
@@ -46,9 +48,11 @@ def blender_scene(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, blender_scene) -> Path:
-    """config.yml of a 30-step nerf-qat run on the tiny Blender scene (do not modify: shared by tests)."""
+    """config.yml of a 30-step nerf-qat run with the hierarchical sampler on the tiny Blender scene (do not modify:
+    shared by tests)."""
     work = tmp_path_factory.mktemp("run")
-    run_ns("ns-train", *train_args(work / "outputs", 30, ["blender-data", "--data", str(blender_scene)]), cwd=work)
+    args = train_args(work / "outputs", 30, [*HIERARCHICAL, "blender-data", "--data", str(blender_scene)])
+    run_ns("ns-train", *args, cwd=work)
     return find_config(work / "outputs", "tiny", "nerf-qat")
 
 

@@ -11,7 +11,7 @@ from nerfqat_plugin.quant import QuantConfig
 def _model(**quant) -> NeRFQATModel:
     config = NeRFQATModelConfig(
         num_layers=2, layer_width=16, skip_layer=1, view_width=8, num_coarse_samples=4, num_importance_samples=4,
-        quant=QuantConfig(**quant),
+        sampler="hierarchical", quant=QuantConfig(**quant),
     )  # fmt: skip
     return NeRFQATModel(config, scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
 
@@ -50,12 +50,20 @@ def test_outputs_include_fine_and_coarse_passes():
 
 
 def test_default_size_metrics():
-    sizes = NeRFQATModel(
-        NeRFQATModelConfig(), scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1
-    ).size_metrics()
-    assert sizes["num_params"] == 1_191_688
-    assert sizes["model_bytes_fp32"] == 4 * 1_191_688
-    assert sizes["model_bytes_quantized"] < 1_230_000
+    """The original NeRF MLPs: two with the hierarchical sampler, one and the grid's compressed bitfield with the
+    occupancy sampler."""
+    box = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    sizes = {
+        sampler: NeRFQATModel(NeRFQATModelConfig(sampler=sampler), scene_box=box, num_train_data=1).size_metrics()
+        for sampler in ("hierarchical", "occupancy")
+    }
+    assert sizes["hierarchical"]["num_params"] == 1_191_688
+    assert sizes["hierarchical"]["model_bytes_fp32"] == 4 * 1_191_688
+    assert sizes["hierarchical"]["model_bytes_quantized"] < 1_230_000
+    one, grid = sizes["occupancy"], 64**3 // 8  # a fresh grid: every cell occupied, compressed to a few hundred bytes
+    assert one["num_params"] == 595_844
+    assert 4 * 595_844 < one["model_bytes_fp32"] < 4 * 595_844 + grid / 10
+    assert one["model_bytes_quantized"] < 1_230_000 / 2 + grid / 10
 
 
 def _rays(n: int) -> RayBundle:

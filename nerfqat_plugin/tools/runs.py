@@ -35,6 +35,9 @@ class Preset:
     """Rays per training (and evaluation) batch."""
     quant_start_step: Optional[int] = None
     """Step at which fake quantization starts (None: nerf-qat's default)."""
+    sampler: Optional[str] = None
+    """nerf-qat's sampler, 'hierarchical' or 'occupancy' (None: nerf-qat's default). The samples above are the
+    hierarchical sampler's; the occupancy sampler always gets their sum as its bins."""
 
     @property
     def mlp_samples_per_ray(self) -> int:
@@ -61,7 +64,9 @@ class Preset:
         ]  # fmt: skip
         if self.quant_start_step is not None:
             flags += ["--pipeline.model.quant.quant-start-step", str(self.quant_start_step)]
-        return flags
+        if self.sampler is not None:
+            flags += ["--pipeline.model.sampler", self.sampler]
+        return flags + ["--pipeline.model.occupancy.samples", str(self.coarse_samples + self.fine_samples)]
 
     def apply(self, config) -> None:
         """Set this preset on an in-process nerf-qat ``TrainerConfig``."""
@@ -73,6 +78,9 @@ class Preset:
         config.pipeline.datamanager.eval_num_rays_per_batch = self.rays
         if self.quant_start_step is not None:
             model.quant.quant_start_step = self.quant_start_step
+        if self.sampler is not None:
+            model.sampler = self.sampler
+        model.occupancy.samples = self.coarse_samples + self.fine_samples
 
 
 PRESETS: Dict[str, Preset] = {
