@@ -72,7 +72,9 @@ class BenchOccupancy:
 
     def main(self) -> None:
         command = "python scripts/bench_occupancy.py " + " ".join(sys.argv[1:])
-        result: Dict[str, object] = {"command": command.strip(), "steps": self.steps, "rays": self.rays}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        result: Dict[str, object] = {"command": command.strip(), "commit": commit.stdout.strip() or "unknown"}
+        result.update(steps=self.steps, rays=self.rays)
         preset = dataclasses.replace(PRESETS[self.preset], rays=self.rays, quant_start_step=0)
         result["preset"] = dataclasses.asdict(preset)
         result["scenes"] = {}
@@ -311,6 +313,7 @@ def report(result: Dict) -> str:
     lines = [
         "# Occupancy sampler vs hierarchical sampler",
         "",
+        f"Commit: {result.get('commit', 'unknown')}  ",
         f"Command: `{result['command']}`  ",
         f"Machine: {machine_line(result['machine'])}  ",
         f"Network {p['num_layers']}x{p['layer_width']} (view {p['view_width']}), {result['rays']} rays per batch, "

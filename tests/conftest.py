@@ -46,39 +46,44 @@ def blender_scene(tmp_path_factory) -> Path:
     return write_blender_scene(tmp_path_factory.mktemp("scene") / "blender", size=32, views=4)
 
 
+def _tiny_run(tmp_path_factory, folder: str, extra: Sequence[str]) -> Path:
+    """config.yml of a 30-step tiny nerf-qat run trained by ns-train in a fresh folder (``extra``: sampler and
+    dataparser arguments)."""
+    work = tmp_path_factory.mktemp(folder)
+    run_ns("ns-train", *train_args(work / "outputs", 30, extra), cwd=work)
+    return find_config(work / "outputs", "tiny", "nerf-qat")
+
+
+def _int8_export(tmp_path_factory, folder: str, config: Path) -> Path:
+    """Directory of the int8 export of the run of ``config`` by ns-export-int8, in a fresh folder."""
+    out = tmp_path_factory.mktemp(folder) / "int8"
+    run_ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(out), cwd=out.parent)
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, blender_scene) -> Path:
     """config.yml of a 30-step nerf-qat run with the hierarchical sampler on the tiny Blender scene (do not modify:
     shared by tests)."""
-    work = tmp_path_factory.mktemp("run")
-    args = train_args(work / "outputs", 30, [*HIERARCHICAL, "blender-data", "--data", str(blender_scene)])
-    run_ns("ns-train", *args, cwd=work)
-    return find_config(work / "outputs", "tiny", "nerf-qat")
+    return _tiny_run(tmp_path_factory, "run", [*HIERARCHICAL, "blender-data", "--data", str(blender_scene)])
 
 
 @pytest.fixture(scope="session")
 def exported_run(tmp_path_factory, trained_run: Path) -> Path:
     """Directory of ``trained_run``'s int8 export by ns-export-int8 (config.yml inside); shared, do not modify."""
-    out = tmp_path_factory.mktemp("export") / "int8"
-    run_ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(out), cwd=out.parent)
-    return out
+    return _int8_export(tmp_path_factory, "export", trained_run)
 
 
 @pytest.fixture(scope="session")
 def occupancy_run(tmp_path_factory, blender_scene) -> Path:
     """config.yml of a 30-step nerf-qat run with the occupancy sampler on the tiny Blender scene (shared)."""
-    work = tmp_path_factory.mktemp("occupancy-run")
-    args = train_args(work / "outputs", 30, [*OCCUPANCY, "blender-data", "--data", str(blender_scene)])
-    run_ns("ns-train", *args, cwd=work)
-    return find_config(work / "outputs", "tiny", "nerf-qat")
+    return _tiny_run(tmp_path_factory, "occupancy-run", [*OCCUPANCY, "blender-data", "--data", str(blender_scene)])
 
 
 @pytest.fixture(scope="session")
 def occupancy_export(tmp_path_factory, occupancy_run: Path) -> Path:
     """Directory of ``occupancy_run``'s int8 export (shared, do not modify)."""
-    out = tmp_path_factory.mktemp("occupancy-export") / "int8"
-    run_ns("ns-export-int8", "--load-config", str(occupancy_run), "--output-dir", str(out), cwd=out.parent)
-    return out
+    return _int8_export(tmp_path_factory, "occupancy-export", occupancy_run)
 
 
 @pytest.fixture(scope="session")

@@ -182,17 +182,24 @@ def test_eval_of_export_with_mismatched_metadata_fails_with_one_clear_line(expor
         run_ns("ns-eval", "--load-config", str(cfg), "--output-path", str(tmp_path / "x.json"), cwd=tmp_path)
 
 
-def test_export_cli_errors_leave_no_partial_output(tmp_path: Path, exported_run: Path, trained_run: Path):
+def test_export_cli_errors_leave_no_partial_output(tmp_path: Path, exported_run: Path, trained_run: Path, capsys):
+    """The console script once (its exit status and message), then its entry point in this process for the rest."""
+    from nerfqat_plugin.export import ExportInt8
+
     missing = tmp_path / "missing" / "config.yml"
     with pytest.raises(CommandFailed, match="config file not found"):
         run_ns("ns-export-int8", "--load-config", str(missing), "--output-dir", str(tmp_path / "o1"), cwd=tmp_path)
     assert not (tmp_path / "o1").exists()
-    with pytest.raises(CommandFailed, match="already exists"):
-        run_ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(exported_run), cwd=tmp_path)
+
+    def refused(expected: str, **kwargs) -> None:
+        with pytest.raises(SystemExit) as exit_info:
+            ExportInt8(load_config=trained_run, **kwargs).main()
+        assert exit_info.value.code == 1
+        assert expected in " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+
+    refused("already exists", output_dir=exported_run)
     assert struct.unpack("<Q", (exported_run / WEIGHTS_FILE).read_bytes()[:8])[0] > 0  # untouched, still valid
-    with pytest.raises(CommandFailed, match="holds the run being exported"):
-        run_ns("ns-export-int8", "--load-config", str(trained_run), "--output-dir", str(trained_run.parent.parent),
-           "--overwrite", cwd=tmp_path)  # fmt: skip
+    refused("holds the run being exported", output_dir=trained_run.parent.parent, overwrite=True)
     assert trained_run.is_file()
 
 
