@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import tyro
 
-from nerfqat_plugin.tools.runs import PRESETS, find_config, machine, machine_line, ns, sync, train_flags
+from nerfqat_plugin.tools.runs import PRESETS, decision_lines, find_config, machine, machine_line, ns, sync, train_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,9 +258,7 @@ def report(result: Dict) -> str:
         ]
         for k, v in ev["results"].items():
             lines.append(f"| {k} | {v['rays_per_s']:,.0f} | {ev['speedup_vs_fp32'][k]:.2f}x | {v['psnr']:.2f} |")
-    decisions = result["machine"].get("kernel_decisions") or []
-    if decisions:
-        lines += ["", "Kernel decisions in this process:", ""] + [f"- {d}" for d in decisions]
+    lines += decision_lines(result["machine"])
     return "\n".join(lines) + "\n"
 
 

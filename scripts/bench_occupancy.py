@@ -36,7 +36,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import load_pipeline  # noqa: E402
 
-from nerfqat_plugin.tools.runs import PRESETS, machine, machine_line, ns, train_step, trainer_config  # noqa: E402
+from nerfqat_plugin.tools.runs import PRESETS, decision_lines, machine, machine_line, ns, train_step, trainer_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
@@ -362,9 +362,7 @@ def report(result: Dict) -> str:
         skip = res["occupancy int8 export"]["rays_per_s"] / res["occupancy int8 export, no skipping"]["rays_per_s"]
         dpsnr = res["occupancy int8 export"]["psnr"] - res["occupancy int8 export, no skipping"]["psnr"]
         lines += ["", f"Skipping: the int8 export {skip:.2f}x its own rays/s without skipping, PSNR {dpsnr:+.3f} dB."]
-    decisions = result["machine"].get("kernel_decisions") or []
-    if decisions:
-        lines += ["", "Kernel decisions in this process:", ""] + [f"- {d}" for d in decisions]
+    lines += decision_lines(result["machine"])
     return "\n".join(lines) + "\n"
 
 

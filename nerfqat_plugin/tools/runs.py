@@ -267,3 +267,11 @@ def machine_line(info: Mapping[str, object]) -> str:
     """One Markdown line naming the machine of a report (kernel decisions left out: they follow in a list)."""
     keys = [k for k in info if k != "kernel_decisions"]
     return ", ".join(f"{k} {info[k]}" for k in keys)
+
+
+def decision_lines(info: Mapping[str, object]) -> List[str]:
+    """The Markdown list of a report's kernel decisions (``machine()["kernel_decisions"]``), empty without any."""
+    decisions = info.get("kernel_decisions") or []
+    if not decisions:
+        return []
+    return ["", "Kernel decisions in this process:", ""] + [f"- {d}" for d in decisions]  # type: ignore[union-attr]
