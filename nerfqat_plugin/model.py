@@ -253,8 +253,13 @@ class NeRFQATModel(Model):
             return ray_samples.frustums.directions.norm(dim=-1, keepdim=True)
         return None
 
-    def _composite(self, ray_samples, density: Tensor, rgb: Tensor) -> Tuple[Dict[str, Tensor], Tensor]:
-        scale = self._density_scale(ray_samples)
+    def _composite(
+        self, ray_samples, density: Tensor, rgb: Tensor, scale: Optional[Tensor] = None
+    ) -> Tuple[Dict[str, Tensor], Tensor]:
+        """Weights and outputs of per-sample density and colour; ``scale``: ``_density_scale(ray_samples)`` where the
+        caller has it already."""
+        if scale is None:
+            scale = self._density_scale(ray_samples)
         if scale is not None:
             density = density * scale
         weights = ray_samples.get_weights(density)
@@ -320,7 +325,7 @@ class NeRFQATModel(Model):
         else:
             dense, keep = march(keep, lengths, evaluate, {"density": 1, "rgb": 3}, cfg.early_stop, cfg.segment)
             density, rgb = dense["density"], dense["rgb"]
-        outputs, _ = self._composite(samples, density, rgb)
+        outputs, _ = self._composite(samples, density, rgb, scale)
         outputs["mlp_samples"] = keep.sum(dim=-1, keepdim=True).float()
         return outputs
 
