@@ -77,14 +77,21 @@ class StartCamera(ViewerControl):
         self.viser_server.on_client_connect(self._on_connect)
 
     def _on_connect(self, client) -> None:
-        placed = []
+        origin: list = []  # the client's camera before it was placed, while reports of it may still arrive
 
         @client.camera.on_update
-        def _(camera) -> None:  # the first report of the client's camera: it can be moved from now on
-            if placed:
+        def _(camera) -> None:
+            if not origin:  # the first report of the client's camera: it can be moved from now on
+                origin.append((camera.position.copy(), camera.wxyz.copy()))
+            elif origin[0] is None or not self._same_pose(camera, *origin[0]):
+                origin[0] = None  # the client has moved on (it shows the placed camera, or its user moved it)
                 return
-            placed.append(True)
+            # first report, or one the client sent before it applied the placement: that would put the camera back
             self.place(camera)
+
+    @staticmethod
+    def _same_pose(camera, position: np.ndarray, wxyz: np.ndarray) -> bool:
+        return bool(np.allclose(camera.position, position, atol=1e-6) and np.allclose(camera.wxyz, wxyz, atol=1e-6))
 
     def place(self, camera) -> None:
         """Move a viser camera handle to the training camera (viser: +z looks forward, -y is up), and hide that
@@ -101,6 +108,12 @@ class StartCamera(ViewerControl):
             camera.position = position
             camera.look_at = position - c2w[:3, 2] * VISER_NERFSTUDIO_SCALE_RATIO  # one unit along the view axis
             camera.up_direction = c2w[:3, 1]
+        # render from the placed camera now: the client need not report a camera the server set
+        machine = getattr(self.viewer, "render_statemachines", {}).get(camera.client.client_id)
+        if machine is not None and getattr(self.viewer, "ready", False):
+            from nerfstudio.viewer.render_state_machine import RenderAction
+
+            machine.action(RenderAction("move", self.viewer.get_camera_state(camera.client)))
 
 
 class NeRFQATDataManager(VanillaDataManager[SceneImages]):
