@@ -3,7 +3,6 @@ ranks' rays, and the run's checkpoint exports, evaluates and resumes in one proc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from nerfqat_plugin.tools.ddp import known_batch, launch
 from nerfqat_plugin.tools.runs import find_config
 from nerfqat_plugin.tools.scenes import write_llff_scene
-from tests.conftest import run_ns, train_args
+from tests.conftest import eval_in_process, run_ns, train_args
 
 
 def test_observer_ranges_are_those_of_one_process_fed_every_rank_batch(tmp_path: Path):
@@ -66,9 +65,7 @@ def test_checkpoint_of_a_two_process_run_exports_evaluates_and_resumes_in_one(dd
     run_ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(tmp_path / "int8"), cwd=tmp_path)
     results = {}
     for name, cfg in (("trained", config), ("int8", tmp_path / "int8" / "config.yml")):
-        out = tmp_path / f"{name}.json"
-        run_ns("ns-eval", "--load-config", str(cfg), "--output-path", str(out), cwd=tmp_path)
-        results[name] = json.loads(out.read_text())["results"]
+        results[name] = eval_in_process(cfg, tmp_path / f"{name}.json")
     assert abs(results["int8"]["psnr"] - results["trained"]["psnr"]) < 0.02
     checkpoints = config.parent / "nerfstudio_models"
     data = ["llff-data", "--data", str(scene), "--downscale-factor", "4"]

@@ -16,7 +16,7 @@ from nerfqat_plugin.int8_format import FORMAT_VERSION, WEIGHTS_FILE, Int8ExportE
 from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig
 from nerfqat_plugin.tools.runs import CommandFailed
-from tests.conftest import run_ns
+from tests.conftest import eval_in_process, run_ns
 
 
 @pytest.mark.parametrize("bits,limit", [(8, 1_230_000), (4, 640_000)])
@@ -83,18 +83,18 @@ def _with_kernel(export: Path, kernel: str, dst: Path) -> Path:
 def test_eval_of_export_matches_fake_quantized_run_without_the_original_checkpoint(
     exported_run: Path, trained_run: Path, tmp_path: Path
 ):
-    def evaluate(config: Path, name: str) -> dict:
+    def evaluate(config: Path, name: str) -> dict:  # the console script, as a user runs it
         run_ns("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / name), cwd=tmp_path)
         return json.loads((tmp_path / name).read_text())["results"]
 
-    fq = evaluate(trained_run, "fq.json")
+    fq = eval_in_process(trained_run, tmp_path / "fq.json")
     exact_config = _with_kernel(exported_run, "int", tmp_path / "int-kernel")
     models = trained_run.parent / "nerfstudio_models"
     hidden = trained_run.parent / "hidden_models"
     models.rename(hidden)  # the export must not need the training checkpoint
     try:
         default = evaluate(exported_run / "config.yml", "onednn.json")  # kernel auto: oneDNN on this CPU
-        exact = evaluate(exact_config, "int.json")
+        exact = eval_in_process(exact_config, tmp_path / "int.json")
     finally:
         hidden.rename(models)
     assert abs(fq["psnr"] - default["psnr"]) <= 0.02, (fq["psnr"], default["psnr"])

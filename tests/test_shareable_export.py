@@ -16,7 +16,7 @@ from nerfqat_plugin.int8_format import WEIGHTS_FILE
 from nerfqat_plugin.scene_record import RECORD_FILE
 from nerfqat_plugin.tools.runs import CommandFailed
 from nerfqat_plugin.tools.scenes import write_llff_scene
-from tests.conftest import run_ns
+from tests.conftest import eval_in_process, run_ns
 
 needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ns-render needs ffmpeg: apt-get install ffmpeg"
@@ -115,9 +115,7 @@ def test_ns_eval_works_once_the_config_points_at_the_scene(moved_llff_export: Pa
     config = yaml.load(config_file.read_text(), Loader=yaml.Loader)
     config.pipeline.datamanager.dataparser.data = scene  # what the error line tells a user to edit
     config_file.write_text(yaml.dump(config))
-    output = tmp_path / "eval.json"
-    run_ns("ns-eval", "--load-config", str(config_file), "--output-path", str(output), cwd=tmp_path)
-    assert np.isfinite(json.loads(output.read_text())["results"]["psnr"])
+    assert np.isfinite(eval_in_process(config_file, tmp_path / "eval.json")["psnr"])
 
 
 def _render(config: Path, cwd: Path) -> Path:
@@ -177,6 +175,4 @@ def test_export_written_by_the_previous_version_still_loads_where_it_is(
     config.output_dir = old
     config.pipeline.model.int8_weights = old / WEIGHTS_FILE
     (old / "config.yml").write_text(yaml.dump(config))
-    output = tmp_path / "eval.json"
-    run_ns("ns-eval", "--load-config", str(old / "config.yml"), "--output-path", str(output), cwd=tmp_path)
-    assert np.isfinite(json.loads(output.read_text())["results"]["psnr"])
+    assert np.isfinite(eval_in_process(old / "config.yml", tmp_path / "eval.json")["psnr"])
