@@ -65,11 +65,18 @@ def _tiny_run(tmp_path_factory, folder: str, extra: Sequence[str]) -> Path:
     return find_config(work / "outputs", "tiny", "nerf-qat")
 
 
+def export_in_process(config: Path, out: Path) -> Path:
+    """What ns-export-int8 writes (its entry point's ``ExportInt8``, run in this process as ``eval_in_process``
+    does for ns-eval; the console script itself is run by the tests of its output and exit status): ``out``."""
+    from nerfqat_plugin.export import ExportInt8
+
+    ExportInt8(load_config=Path(config), output_dir=Path(out)).main()
+    return Path(out)
+
+
 def _int8_export(tmp_path_factory, folder: str, config: Path) -> Path:
-    """Directory of the int8 export of the run of ``config`` by ns-export-int8, in a fresh folder."""
-    out = tmp_path_factory.mktemp(folder) / "int8"
-    run_ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(out), cwd=out.parent)
-    return out
+    """Directory of the int8 export of the run of ``config``, in a fresh folder."""
+    return export_in_process(config, tmp_path_factory.mktemp(folder) / "int8")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +88,7 @@ def trained_run(tmp_path_factory, blender_scene) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_run(tmp_path_factory, trained_run: Path) -> Path:
-    """Directory of ``trained_run``'s int8 export by ns-export-int8 (config.yml inside); shared, do not modify."""
+    """Directory of ``trained_run``'s int8 export (config.yml inside); shared, do not modify."""
     return _int8_export(tmp_path_factory, "export", trained_run)
 
 
@@ -106,7 +113,7 @@ def moved_llff_export(tmp_path_factory) -> Path:
     data = ["llff-data", "--data", str(scene), "--downscale-factor", "4"]
     run_ns("ns-train", *train_args(work / "outputs", 30, [*OCCUPANCY, *data]), cwd=work)
     config = find_config(work / "outputs", "tiny", "nerf-qat")
-    run_ns("ns-export-int8", "--load-config", str(config), "--output-dir", str(work / "export"), cwd=work)
+    export_in_process(config, work / "export")
     moved = tmp_path_factory.mktemp("elsewhere") / "fern-int8"
     shutil.copytree(work / "export", moved)
     shutil.rmtree(work)

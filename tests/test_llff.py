@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from nerfstudio.data.dataparsers.base_dataparser import transform_poses_to_origi
 from nerfqat_plugin.llff import LLFFDataParserConfig, average_pose, llff_to_opengl
 from nerfqat_plugin.tools.runs import CommandFailed, find_config
 from nerfqat_plugin.tools.scenes import write_llff_scene
-from tests.conftest import run_ns, train_args
+from tests.conftest import eval_in_process, run_ns, train_args
 
 FERN = Path(__file__).parents[2] / "shared/data/nerf_llff_data/fern"
 needs_fern = pytest.mark.skipif(not (FERN / "poses_bounds.npy").is_file(), reason=f"fern scene not found at {FERN}")
@@ -187,7 +186,5 @@ def test_fern_cli_train_and_eval(tmp_path):
     args = train_args(tmp_path / "outputs", 3, ["llff-data", "--data", str(FERN), "--downscale-factor", "16"])
     run_ns("ns-train", *args, cwd=tmp_path, timeout=120)
     config = find_config(tmp_path / "outputs", "tiny", "nerf-qat")
-    output = tmp_path / "eval.json"
-    run_ns("ns-eval", "--load-config", str(config), "--output-path", str(output), cwd=tmp_path, timeout=120)
-    results = json.loads(output.read_text())["results"]
+    results = eval_in_process(config, tmp_path / "eval.json")
     assert np.isfinite(results["psnr"])
