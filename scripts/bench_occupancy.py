@@ -115,7 +115,8 @@ class BenchOccupancy:
         if scene == "fern":
             if not (self.fern / "poses_bounds.npy").is_file():
                 raise FileNotFoundError(f"{self.fern}: no fern scene there (pass --fern FOLDER)")
-            return LLFFDataParserConfig(data=self.fern, downscale_factor=16, ndc=True), "fern images_16 (252x189), NDC"
+            data = self.fern.resolve()  # absolute: the runs are exported from their own folder
+            return LLFFDataParserConfig(data=data, downscale_factor=16, ndc=True), "fern images_16 (252x189), NDC"
         raise ValueError(f"unknown scene {scene!r} (object, demo or fern)")
 
     def _config(self, dataparser, preset, work: Path, sampler: str, qat: bool):
