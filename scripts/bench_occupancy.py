@@ -63,12 +63,17 @@ class BenchOccupancy:
     """Network and hierarchical samples (tools/runs.py PRESETS); the occupancy sampler gets coarse + fine bins."""
     render_views: int = 3
     """Held-out views rendered per variant for the render rates (fewer: faster)."""
+    render_rounds: int = 1
+    """Times every variant renders those views (the rates are over all of them: more rounds, less noise)."""
     device: str = "cpu"
     """cpu or cuda (the same PyTorch marcher runs on both)."""
     fern: Path = FERN
     """The fern scene folder (poses_bounds.npy, images_16/)."""
     workdir: Optional[Path] = None
     """Keep the runs and exports here (default: a temporary folder, deleted at the end)."""
+    rerender: Optional[Path] = None
+    """The JSON of an earlier run whose --workdir (pass it again) still holds its trained runs: keep that run's
+    training figures, export the QAT runs again and measure the rendering with this commit's code."""
 
     def main(self) -> None:
         command = "python scripts/bench_occupancy.py " + " ".join(sys.argv[1:])
@@ -78,12 +83,40 @@ class BenchOccupancy:
         preset = dataclasses.replace(PRESETS[self.preset], rays=self.rays, quant_start_step=0)
         result["preset"] = dataclasses.asdict(preset)
         result["scenes"] = {}
+        if self.rerender is not None:
+            self._rerender(result)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(self.workdir or tmp)
             for scene in self.scenes:
                 print(f"=== {scene}", flush=True)
                 result["scenes"][scene] = self._scene(scene, root / scene, preset)  # type: ignore[index]
                 self._write(result)
+        result["machine"] = machine(self.device)
+        self._write(result)
+        print(report(result))
+
+    def _rerender(self, result: Dict[str, object]) -> None:
+        """The rendering of the runs an earlier benchmark kept, measured again (see ``rerender``)."""
+        assert self.rerender is not None
+        if self.workdir is None:
+            raise SystemExit("--rerender needs the --workdir that run kept its runs in")
+        earlier = json.loads(self.rerender.read_text())
+        result.update({k: earlier[k] for k in ("steps", "rays", "preset")})
+        result["training_command"], result["training_commit"] = earlier["command"], earlier["commit"]
+        for scene in self.scenes:
+            if scene not in earlier["scenes"]:
+                raise SystemExit(f"{self.rerender}: has no scene {scene!r} (it has {sorted(earlier['scenes'])})")
+            work = self.workdir.resolve() / scene
+            configs = {v: work / v.replace(" ", "-") / "run/nerf-qat/run/config.yml" for v in VARIANTS}
+            missing = [str(c) for c in configs.values() if not c.is_file()]
+            if missing:
+                raise SystemExit(f"{self.workdir}: the runs of {self.rerender} are not all there: no {missing[0]}")
+            print(f"=== {scene}: rendering again", flush=True)
+            entry = {k: v for k, v in earlier["scenes"][scene].items() if k != "rendering"}
+            entry["rendering"] = self._render(configs, work, overwrite=True)
+            result["scenes"][scene] = entry  # type: ignore[index]
+            self._write(result)
         result["machine"] = machine(self.device)
         self._write(result)
         print(report(result))
@@ -172,10 +205,11 @@ class BenchOccupancy:
         out["rendering"] = self._render(configs, work)
         return out
 
-    def _render(self, configs: Dict[str, Path], work: Path) -> Dict[str, object]:
+    def _render(self, configs: Dict[str, Path], work: Path, overwrite: bool = False) -> Dict[str, object]:
         for sampler in ("hierarchical", "occupancy"):
             export = work / f"{sampler}-int8"
-            ns("ns-export-int8", "--load-config", configs[f"{sampler} qat"], "--output-dir", export, cwd=work)
+            args = ["--load-config", configs[f"{sampler} qat"], "--output-dir", export]
+            ns("ns-export-int8", *args, *(["--overwrite"] if overwrite else []), cwd=work)
             configs[f"{sampler} int8"] = export / "config.yml"
         names = {
             "hierarchical fp32": "hierarchical fp32",
@@ -190,7 +224,7 @@ class BenchOccupancy:
         unskipped.model.grid.bits.fill_(True)
         unskipped.model.config.occupancy.early_stop = 0.0
         pipelines["occupancy int8 export, no skipping"] = unskipped
-        return render_rates(pipelines, self.render_views)
+        return render_rates(pipelines, self.render_views, self.render_rounds)
 
 
 # --- measurements ------------------------------------------------------------------------------------------------
@@ -259,9 +293,10 @@ def time_to_target(training: Dict[str, Dict[str, object]]) -> Dict[str, object]:
     return out
 
 
-def render_rates(pipelines: Dict[str, object], views: int) -> Dict[str, object]:
+def render_rates(pipelines: Dict[str, object], views: int, rounds: int = 1) -> Dict[str, object]:
     """rays/s, PSNR and MLP evaluations per ray of each pipeline over the first ``views`` held-out views, rendered
-    by ``get_outputs_for_camera`` (as ns-eval), each view by every pipeline in turn, after one warm-up view each."""
+    by ``get_outputs_for_camera`` (as ns-eval), each view by every pipeline in turn, after one warm-up view each;
+    ``rounds`` times over (PSNR and evaluations of the first round: the renders are deterministic)."""
     first = next(iter(pipelines.values()))
     cameras = list(first.datamanager.fixed_indices_eval_dataloader)[:views]  # type: ignore[attr-defined]
     seconds = {name: 0.0 for name in pipelines}
@@ -270,16 +305,18 @@ def render_rates(pipelines: Dict[str, object], views: int) -> Dict[str, object]:
     evaluations: Dict[str, List[float]] = {name: [] for name in pipelines}
     for pipeline in pipelines.values():
         pipeline.model.get_outputs_for_camera(cameras[0][0])  # type: ignore[attr-defined]  # warm-up
-    for camera, batch in cameras:
-        for name, pipeline in pipelines.items():
-            model = pipeline.model  # type: ignore[attr-defined]
-            start = time.perf_counter()
-            outputs = model.get_outputs_for_camera(camera)
-            seconds[name] += time.perf_counter() - start
-            rays[name] += int(camera.height.item() * camera.width.item())
-            metrics, _ = model.get_image_metrics_and_images(outputs, batch)
-            psnr[name].append(float(metrics["psnr"]))
-            evaluations[name].append(mlp_evaluations_per_ray(model, outputs))
+    for round_ in range(max(rounds, 1)):
+        for camera, batch in cameras:
+            for name, pipeline in pipelines.items():
+                model = pipeline.model  # type: ignore[attr-defined]
+                start = time.perf_counter()
+                outputs = model.get_outputs_for_camera(camera)
+                seconds[name] += time.perf_counter() - start
+                rays[name] += int(camera.height.item() * camera.width.item())
+                if round_ == 0:
+                    metrics, _ = model.get_image_metrics_and_images(outputs, batch)
+                    psnr[name].append(float(metrics["psnr"]))
+                    evaluations[name].append(mlp_evaluations_per_ray(model, outputs))
     result: Dict[str, object] = {}
     for name in pipelines:
         model = pipelines[name].model  # type: ignore[attr-defined]
@@ -294,7 +331,7 @@ def render_rates(pipelines: Dict[str, object], views: int) -> Dict[str, object]:
     base = result["hierarchical fp32"]["rays_per_s"]  # type: ignore[index]
     for entry in result.values():
         entry["vs_hierarchical_fp32"] = entry["rays_per_s"] / base  # type: ignore[index]
-    return {"views": len(cameras), "results": result}
+    return {"views": len(cameras), "rounds": max(rounds, 1), "results": result}
 
 
 def mlp_evaluations_per_ray(model, outputs) -> float:
@@ -317,6 +354,13 @@ def report(result: Dict) -> str:
         f"Commit: {result.get('commit', 'unknown')}  ",
         f"Command: `{result['command']}`  ",
         f"Machine: {machine_line(result['machine'])}  ",
+    ]
+    if "training_command" in result:
+        lines += [
+            f"Training (figures kept from that run): commit {result['training_commit']}, "
+            f"`{result['training_command']}`  ",
+        ]
+    lines += [
         f"Network {p['num_layers']}x{p['layer_width']} (view {p['view_width']}), {result['rays']} rays per batch, "
         f"{result['steps']} steps per run. Hierarchical: {p['coarse_samples']} coarse + {p['fine_samples']} "
         f"importance samples, two networks; occupancy: {p['coarse_samples'] + p['fine_samples']} bins, one network.",
@@ -346,9 +390,10 @@ def report(result: Dict) -> str:
             cells = [f"{c['psnr']:.2f} ({c['train_s']:.0f})" for c in e["curve"]]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         r = s["rendering"]
+        rounds = f", each {r['rounds']} times" if r.get("rounds", 1) > 1 else ""
         lines += [
             "",
-            f"### Rendering ({r['views']} held-out views, as ns-eval)",
+            f"### Rendering ({r['views']} held-out views{rounds}, as ns-eval)",
             "",
             "| variant | rays/s | vs hierarchical fp32 | PSNR | MLP evaluations / ray | bins skipped |",
             "|---|---:|---:|---:|---:|---:|",

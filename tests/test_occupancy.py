@@ -15,6 +15,7 @@ from nerfqat_plugin.model import NeRFQATModel, NeRFQATModelConfig
 from nerfqat_plugin.occupancy import OccupancyConfig, OccupancyGrid
 from nerfqat_plugin.quant import QuantConfig
 from nerfqat_plugin.quant.layers import ActQuantizer
+from tests.conftest import load_file
 
 BOX = torch.tensor([[-3.0] * 3, [3.0] * 3])
 """The scene box of the models here: every sample of ``_rays`` lies inside it."""
@@ -193,6 +194,27 @@ def test_updates_after_warm_up_take_a_quarter_of_the_cells_and_decay_the_rest_of
     again.values.fill_(1.0)
     again.update(lambda p: torch.zeros(p.shape[0]), step=7)
     assert torch.equal(again.values, grid.values)  # seeded by the step: every process computes the same grid
+
+
+def test_the_grid_lookup_agrees_with_the_decoders_inside_at_and_beyond_the_box():
+    """The marcher's lookup (a bitfield with an empty border) against the format decoder's plain NumPy one."""
+    decoder = load_file(Path(__file__).resolve().parents[1] / "docs" / "int8_decoder.py")
+    generator = torch.Generator().manual_seed(0)
+    grid = OccupancyGrid(torch.tensor([[-1.5, -1.0, -0.5], [1.5, 2.0, 1.5]]), OccupancyConfig(resolution=7))
+    grid.bits.copy_(torch.rand(7, 7, 7, generator=generator) < 0.5)
+    lo, hi = grid.aabb
+    points = lo - 0.5 + torch.rand(20000, 3, generator=generator) * (hi - lo + 1)
+    edges = torch.stack([lo, hi, torch.nextafter(hi, lo)])  # in, out, (rounding)
+    odd = torch.tensor([[float("nan"), 0, 0], [0, float("inf"), 0], [0, 0, -float("inf")]])
+    points = torch.cat([points, edges, odd])
+    info = {"resolution": 7, "aabb": grid.aabb.tolist()}
+    reference = decoder.Grid(grid.packed().numpy(), info).occupied(points.numpy())
+    occupied = grid.occupied(points)
+    assert torch.equal(occupied, torch.from_numpy(reference))
+    index, inside = grid.cells(points)
+    assert torch.equal(occupied, inside & grid.bits.reshape(-1)[index])
+    assert 0.4 < float(occupied[inside].float().mean()) < 0.6 and 0.3 < float(inside.float().mean()) < 0.45
+    assert inside[-6] and not inside[-5] and not inside[-3:].any()
 
 
 def test_packed_bitfield_round_trips_and_bad_bytes_are_reported():
