@@ -1,16 +1,20 @@
-"""Run nerfstudio's own methods offline: vanilla-nerf builds torchvision's LPIPS (a download) when it is created.
+"""Run nerfstudio's own methods offline: vanilla-nerf and nerfacto build torchvision's LPIPS (a download) when they
+are created.
 
 ``patch_lpips()`` swaps torchmetrics' LPIPS class for one that computes LPIPS only from weights already in the torch
-hub cache and returns NaN otherwise (said once), so ``vanilla-nerf`` trains and evaluates without a network.
-Nothing in nerfstudio is edited: the patch lives in the running process only.
+hub cache and returns NaN otherwise (said once), so ``vanilla-nerf`` and ``nerfacto`` train and evaluate without a
+network; ``offline_lpips()`` does it for a while (nerfacto-qat builds its nerfacto under it). Nothing in nerfstudio
+is edited: the patch lives in the running process only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
-from typing import List, Optional
+from types import ModuleType
+from typing import Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -30,13 +34,33 @@ class OfflineLPIPSModule(nn.Module):
         return torch.tensor(math.nan if value is None else value)
 
 
-def patch_lpips() -> None:
-    """Make ``torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity`` the offline stand-in."""
+LPIPS_NAME = "LearnedPerceptualImagePatchSimilarity"
+
+
+def _lpips_modules() -> List[ModuleType]:
+    """Where torchmetrics binds its LPIPS class: nerfstudio's models import it from either."""
     import torchmetrics.image
     import torchmetrics.image.lpip
 
-    torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = OfflineLPIPSModule  # type: ignore[misc]
-    torchmetrics.image.LearnedPerceptualImagePatchSimilarity = OfflineLPIPSModule  # type: ignore[attr-defined]
+    return [torchmetrics.image.lpip, torchmetrics.image]
+
+
+def patch_lpips() -> None:
+    """Make ``torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity`` the offline stand-in."""
+    for module in _lpips_modules():
+        setattr(module, LPIPS_NAME, OfflineLPIPSModule)
+
+
+@contextlib.contextmanager
+def offline_lpips() -> Iterator[None]:
+    """``patch_lpips`` while the block runs, then torchmetrics' own class again."""
+    originals = [(module, getattr(module, LPIPS_NAME)) for module in _lpips_modules()]
+    patch_lpips()
+    try:
+        yield
+    finally:
+        for module, original in originals:
+            setattr(module, LPIPS_NAME, original)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,0 +1,1 @@
+"""nerfacto-qat: nerfstudio's nerfacto with quantization-aware hash grids and MLPs."""

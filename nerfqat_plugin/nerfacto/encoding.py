@@ -1,0 +1,69 @@
+"""nerfstudio's multiresolution hash encoding with its tables fake-quantized per level (``quant.table``).
+
+The encoding is nerfstudio's ``HashEncoding`` (its levels, resolutions and hash function, PyTorch implementation);
+only the tables differ: one ``QuantTable`` whose groups are the levels, so each level's features are ``bits``-bit
+codes with a learned step of their own, and each step quantizes only the corners it gathers. With quantization
+off the features are nerfstudio's, value for value.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from jaxtyping import Float
+from nerfstudio.field_components.encodings import HashEncoding
+from torch import Tensor
+
+from nerfqat_plugin.quant.table import QuantTable
+
+CORNERS = ("ccc", "cfc", "ffc", "fcc", "ccf", "cff", "fff", "fcf")
+"""The eight cell corners per axis (c: ceil, f: floor) in the order nerfstudio gathers and interpolates them."""
+
+
+class QuantHashEncoding(HashEncoding):
+    """``HashEncoding`` (``implementation="torch"``) over a ``QuantTable`` of ``bits``-bit codes per level."""
+
+    def __init__(
+        self,
+        num_levels: int = 16,
+        min_res: int = 16,
+        max_res: int = 1024,
+        log2_hashmap_size: int = 19,
+        features_per_level: int = 2,
+        hash_init_scale: float = 0.001,
+        bits: int = 8,
+    ) -> None:
+        super().__init__(
+            num_levels=num_levels,
+            min_res=min_res,
+            max_res=max_res,
+            log2_hashmap_size=log2_hashmap_size,
+            features_per_level=features_per_level,
+            hash_init_scale=hash_init_scale,
+            implementation="torch",
+        )
+        init = self.hash_table.detach()
+        del self.hash_table  # the table lives in self.table
+        self.table = QuantTable(num_levels, self.hash_table_size, features_per_level, bits, init)
+
+    def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
+        """nerfstudio's trilinear interpolation of the eight gathered corners, each read through the table."""
+        if in_tensor.shape[-1] != 3:
+            raise ValueError(f"hash encoding of points [..., 3], got shape {tuple(in_tensor.shape)}")
+        scaled = in_tensor[..., None, :] * self.scalings.view(-1, 1).to(in_tensor.device)  # [..., L, 3]
+        ends = {"c": torch.ceil(scaled).type(torch.int32), "f": torch.floor(scaled).type(torch.int32)}
+        offset = scaled - ends["f"]
+        f: List[Tensor] = []
+        for corner in CORNERS:
+            vertex = torch.cat([ends[end][..., axis : axis + 1] for axis, end in enumerate(corner)], dim=-1)
+            f.append(self.table(self.hash_fn(vertex)))  # [..., L, features]
+        ox, oy, oz = offset[..., 0:1], offset[..., 1:2], offset[..., 2:3]
+        f03 = f[0] * ox + f[3] * (1 - ox)
+        f12 = f[1] * ox + f[2] * (1 - ox)
+        f56 = f[5] * ox + f[6] * (1 - ox)
+        f47 = f[4] * ox + f[7] * (1 - ox)
+        f0312 = f03 * oy + f12 * (1 - oy)
+        f4756 = f47 * oy + f56 * (1 - oy)
+        encoded = f0312 * oz + f4756 * (1 - oz)  # [..., L, features]
+        return torch.flatten(encoded, start_dim=-2, end_dim=-1)

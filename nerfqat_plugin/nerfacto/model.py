@@ -1,0 +1,150 @@
+"""nerfacto-qat: nerfstudio's ``NerfactoModel`` whose hash grids and MLPs are quantization-aware.
+
+nerfstudio builds the model (its samplers, proposal networks, losses and defaults, with the PyTorch implementation
+of its hash encoding and MLPs); then each hash grid becomes a ``QuantHashEncoding`` (``table_bits`` codes per
+level, learned steps) and each MLP a ``QuantMLP`` (``quant``: w8a8 by default), starting from nerfstudio's own
+initial values. With ``--pipeline.model.quant.enabled False`` the model computes what nerfstudio's nerfacto does
+from the same start, value for value; with it, fake quantization runs from ``quant.quant_start_step`` on (fp32
+before, as nerf-qat). tinycudann's fused hash grid and MLPs are not used: they cannot quantize what they gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional, Sequence, Type
+
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.encodings import HashEncoding
+from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from torch import nn
+
+from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
+from nerfqat_plugin.offline import offline_lpips
+from nerfqat_plugin.quant.config import QuantConfig
+from nerfqat_plugin.quant.dispatch import MatmulMode
+from nerfqat_plugin.quant.distributed import data_parallel, sync_observers
+from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
+from nerfqat_plugin.quant.mlp import QuantMLP
+from nerfqat_plugin.quant.table import table_qmax
+
+
+@dataclass
+class NerfactoQATModelConfig(NerfactoModelConfig):
+    """nerfstudio's nerfacto settings, and how its hash grids and MLPs are quantized."""
+
+    _target: Type = field(default_factory=lambda: NerfactoQATModel)
+    implementation: Literal["tcnn", "torch"] = "torch"
+    """Only 'torch': the quantized hash grids and MLPs are nerf-qat's PyTorch modules (tinycudann's fused ones cannot
+    quantize the features they gather)."""
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    """Quantization of the MLPs (weights, activations) and the QAT schedule, which the hash tables follow too."""
+    table_bits: int = 8
+    """Bits per hash-table feature (2..8): symmetric codes with a learned step per level."""
+    quant_compile: bool = True
+    """Fuse the MLPs' fake-quantization arithmetic with torch.compile (the same values; compiled on first use)."""
+    quant_fast_matmul: MatmulMode = "auto"
+    """How the fake-quantized MLP layers multiply (as nerf-qat's --pipeline.model.quant-fast-matmul)."""
+
+    def __post_init__(self) -> None:
+        table_qmax(self.table_bits)  # 2..8, said here rather than at the first step
+
+
+class NerfactoQATModel(NerfactoModel):
+    """``NerfactoModel`` with fake-quantized hash grids and MLPs (see the module docstring)."""
+
+    config: NerfactoQATModelConfig
+
+    def populate_modules(self) -> None:
+        cfg = self.config
+        if cfg.implementation != "torch":
+            raise ValueError(
+                f"nerfacto-qat: --pipeline.model.implementation {cfg.implementation!r} is not supported: the quantized "
+                "hash grids and MLPs are PyTorch modules (use torch)"
+            )
+        with offline_lpips():  # nerfstudio's LPIPS would download AlexNet here
+            super().populate_modules()
+        quant, bits = cfg.quant, cfg.table_bits
+        f = self.field
+        f.mlp_base = quantized_hash_mlp(f.mlp_base, quant, bits)
+        head_splits = [f.direction_encoding.get_out_dim(), f.geo_feat_dim]
+        if f.embedding_appearance is not None:
+            head_splits.append(f.appearance_embedding_dim)
+        f.mlp_head = quantized_mlp(f.mlp_head, quant, head_splits)
+        for network in self.proposal_networks:
+            if network.use_linear:
+                raise ValueError("nerfacto-qat: proposal networks with use_linear are not supported")
+            encoding, mlp = network.mlp_base
+            network.encoding = quantized_hash_encoding(encoding, int(network.max_res), bits)
+            network.mlp_base = nn.Sequential(network.encoding, quantized_mlp(mlp, quant))
+        set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
+        self.update_to_step(0)
+
+    def update_to_step(self, step: int) -> None:
+        """The QAT schedule (nerf-qat's): fake quantization of tables and MLPs from ``quant_start_step``; activation
+        observers move until ``freeze_observers_step``."""
+        q = self.config.quant
+        active = q.enabled and step >= q.quant_start_step
+        observe = q.freeze_observers_step < 0 or step < q.freeze_observers_step
+        set_quant_state(self, active=active, observe=observe)
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        callbacks = [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.update_to_step,
+            )
+        ]
+        callbacks += super().get_training_callbacks(training_callback_attributes)
+        if data_parallel():
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    update_every_num_iters=1,
+                    func=lambda step: sync_observers(self),
+                )
+            )
+        return callbacks
+
+
+def quantized_mlp(mlp: MLP, quant: QuantConfig, in_splits: Optional[Sequence[int]] = None) -> QuantMLP:
+    """A ``QuantMLP`` shaped as nerfstudio's torch ``mlp`` (ReLU between layers), starting from its weights."""
+    if mlp.tcnn_encoding is not None or not hasattr(mlp, "layers"):
+        raise ValueError("nerfacto-qat: an MLP built by tinycudann cannot be quantized (use implementation torch)")
+    if mlp._skip_connections or not isinstance(mlp.activation, nn.ReLU):
+        raise ValueError("nerfacto-qat: only MLPs without skip connections and with ReLU activations are quantized")
+    out = QuantMLP(in_splits or (mlp.in_dim,), mlp.num_layers, mlp.layer_width, mlp.out_dim, quant, mlp.out_activation)
+    for ours, theirs in zip(out.layers, mlp.layers, strict=True):
+        ours.weight.data.copy_(theirs.weight.data)
+        ours.bias.data.copy_(theirs.bias.data)
+    return out
+
+
+def quantized_hash_encoding(encoding: HashEncoding, max_res: int, bits: int) -> QuantHashEncoding:
+    """A ``QuantHashEncoding`` with the levels of nerfstudio's torch ``encoding``, starting from its table."""
+    if encoding.tcnn_encoding is not None:
+        raise ValueError("nerfacto-qat: a tinycudann hash grid cannot be quantized (use implementation torch)")
+    out = QuantHashEncoding(
+        num_levels=encoding.num_levels,
+        min_res=encoding.min_res,
+        max_res=max_res,
+        log2_hashmap_size=encoding.log2_hashmap_size,
+        features_per_level=encoding.features_per_level,
+        hash_init_scale=encoding.hash_init_scale,
+        bits=bits,
+    )
+    if not bool((out.scalings == encoding.scalings).all()):
+        raise ValueError(f"nerfacto-qat: hash grid levels {out.scalings.tolist()} != {encoding.scalings.tolist()}")
+    out.table.weight.data.copy_(encoding.hash_table.data)
+    return out
+
+
+def quantized_hash_mlp(module: MLPWithHashEncoding, quant: QuantConfig, bits: int) -> nn.Sequential:
+    """nerfstudio's torch ``MLPWithHashEncoding`` (a hash grid, then an MLP) with both quantized."""
+    if module.tcnn_encoding is not None or not hasattr(module, "model"):
+        raise ValueError("nerfacto-qat: a tinycudann hash grid cannot be quantized (use implementation torch)")
+    encoding, mlp = module.model
+    return nn.Sequential(quantized_hash_encoding(encoding, module.max_res, bits), quantized_mlp(mlp, quant))

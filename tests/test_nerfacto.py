@@ -1,0 +1,194 @@
+"""nerfacto-qat: the quantized hash encoding against nerfstudio's, the model against nerfstudio's nerfacto, and a
+real ns-train run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.encodings import HashEncoding
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+
+from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
+from nerfqat_plugin.nerfacto.model import NerfactoQATModel, NerfactoQATModelConfig
+from nerfqat_plugin.offline import offline_lpips
+from nerfqat_plugin.quant import QuantConfig, set_quant_state
+from nerfqat_plugin.quant.table import QuantTable
+from tests.conftest import eval_in_process, find_config, run_ns
+
+LEVELS = dict(num_levels=4, min_res=4, max_res=32, log2_hashmap_size=8, features_per_level=2)
+
+
+def _encodings(bits: int):
+    torch.manual_seed(0)
+    ours = QuantHashEncoding(**LEVELS, hash_init_scale=0.1, bits=bits)
+    theirs = HashEncoding(**LEVELS, implementation="torch")
+    return ours, theirs
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_quantized_hash_encoding_is_nerfstudios_off_and_nerfstudios_on_the_quantized_table_on(bits: int):
+    ours, theirs = _encodings(bits)
+    points = torch.rand(2000, 3, generator=torch.Generator().manual_seed(1))
+    theirs.hash_table.data.copy_(ours.table.weight.data)
+    plain = ours(points)
+    assert torch.equal(plain, theirs(points))
+    ours.table.quant_active = True
+    quantized = ours(points)
+    codes, steps = ours.table.codes()
+    qmax = 2 ** (bits - 1) - 1
+    assert int(codes.abs().max()) == qmax and len(torch.unique(codes)) == 2 * qmax + 1
+    theirs.hash_table.data.copy_(codes.float() * steps.repeat_interleave(2 ** LEVELS["log2_hashmap_size"])[:, None])
+    assert torch.equal(quantized, theirs(points))
+    assert not torch.equal(quantized, plain)
+
+
+def test_table_gradients_go_straight_through_to_the_gathered_rows_and_teach_the_steps():
+    generator = torch.Generator().manual_seed(0)
+    table = QuantTable(2, 8, 3, bits=4, init=torch.randn(16, 3, generator=generator))
+    table.quant_active = True
+    table.calibrate()
+    with torch.no_grad():
+        table.log_step.sub_(0.5)  # smaller steps: some codes clip
+    index = torch.tensor([0, 3, 3, 9, 15])
+    upstream = torch.randn(5, 3, generator=generator)
+    (table(index) * upstream).sum().backward()
+    step = torch.exp(table.log_step.detach())
+    rows = table.weight.detach()[index]
+    ratio = rows / step[index // 8][:, None]
+    inside = ratio.abs() <= table.qmax
+    expected = torch.zeros_like(table.weight)
+    expected.index_add_(0, index, torch.where(inside, upstream, torch.zeros_like(upstream)))
+    torch.testing.assert_close(table.weight.grad, expected)
+    assert bool((~inside).any()) and bool(inside.any())
+    untouched = torch.ones(16, dtype=torch.bool)
+    untouched[index] = False
+    assert bool((table.weight.grad[untouched] == 0).all())
+    # LSQ: d value / d step = code - x / step inside, +-qmax clipped; scaled by 1 / sqrt(values x qmax); chain to log
+    codes = torch.round(ratio).clamp(-table.qmax, table.qmax)
+    d_step = torch.where(inside, codes - ratio, torch.sign(ratio) * table.qmax)
+    per_value = upstream * d_step / math.sqrt(index.numel() * 3 * table.qmax)
+    expected_log = torch.zeros(2).index_add_(0, index // 8, per_value.sum(dim=1)) * step
+    torch.testing.assert_close(table.log_step.grad, expected_log)
+
+
+def test_a_tables_calibration_comes_back_from_its_state_dict():
+    table = QuantTable(2, 4, 2, bits=8, init=torch.randn(8, 2))
+    table.quant_active = True
+    table(torch.tensor([1, 5]))  # calibrates on first use
+    other = QuantTable(2, 4, 2, bits=8, init=torch.zeros(8, 2))
+    other.load_state_dict(table.state_dict())
+    other.quant_active = True
+    assert torch.equal(other(torch.arange(8)), table(torch.arange(8)))
+    assert torch.equal(other.log_step, table.log_step)
+
+
+def _tiny_config(cls, **extra):
+    return cls(
+        num_levels=4,
+        base_res=4,
+        max_res=32,
+        log2_hashmap_size=8,
+        hidden_dim=16,
+        hidden_dim_color=16,
+        num_proposal_samples_per_ray=(8, 8),
+        num_nerf_samples_per_ray=8,
+        proposal_net_args_list=[
+            {"hidden_dim": 8, "log2_hashmap_size": 8, "num_levels": 3, "max_res": 16, "use_linear": False},
+            {"hidden_dim": 8, "log2_hashmap_size": 8, "num_levels": 3, "max_res": 32, "use_linear": False},
+        ],
+        implementation="torch",
+        **extra,
+    )
+
+
+def _model(cls, config):
+    torch.manual_seed(0)
+    box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    return cls(config=config, scene_box=box, num_train_data=3)
+
+
+def _rays(count: int = 32) -> RayBundle:
+    generator = torch.Generator().manual_seed(2)
+    directions = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+    return RayBundle(
+        origins=-2.0 * directions,
+        directions=directions,
+        pixel_area=torch.full((count, 1), 1e-4),
+        camera_indices=torch.randint(0, 3, (count, 1), generator=generator),
+        nears=torch.full((count, 1), 0.05),
+        fars=torch.full((count, 1), 4.0),
+    )
+
+
+def test_nerfacto_qat_without_quantization_renders_as_nerfstudios_nerfacto_from_the_same_start():
+    with offline_lpips():
+        theirs = _model(NerfactoModel, _tiny_config(NerfactoModelConfig))
+    ours = _model(NerfactoQATModel, _tiny_config(NerfactoQATModelConfig, quant=QuantConfig(enabled=False)))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) + 4 + 3 + 3
+    for model in (theirs, ours):
+        model.eval()
+    with torch.no_grad():
+        expected, got = theirs(_rays()), ours(_rays())
+    for name in ("rgb", "accumulation", "depth"):
+        assert torch.equal(got[name], expected[name]), name
+    # quantized, the same model renders differently, but close
+    set_quant_state(ours, active=True, observe=False)
+    ours.train()
+    ours(_rays())  # observers see one batch
+    ours.eval()
+    with torch.no_grad():
+        quantized = ours(_rays())
+    assert not torch.equal(quantized["rgb"], expected["rgb"])
+    assert float((quantized["rgb"] - expected["rgb"]).abs().max()) < 0.05
+
+
+def test_nerfacto_qat_refuses_tinycudann_naming_the_setting():
+    with pytest.raises(ValueError, match="implementation 'tcnn' is not supported"):
+        _model(NerfactoQATModel, dataclasses.replace(_tiny_config(NerfactoQATModelConfig), implementation="tcnn"))
+    with pytest.raises(ValueError, match="table codes must have 2 to 8 bits, got 9"):
+        NerfactoQATModelConfig(table_bits=9)
+
+
+def test_ns_train_nerfacto_qat_on_cpu_quantizes_and_its_checkpoint_evaluates(tmp_path: Path, blender_scene: Path):
+    args = [
+        "nerfacto-qat",
+        "--machine.device-type", "cpu",
+        "--vis", "tensorboard",
+        "--output-dir", str(tmp_path / "outputs"),
+        "--experiment-name", "tiny",
+        "--max-num-iterations", "12",
+        "--steps-per-save", "12",
+        "--steps-per-eval-batch", "1000",
+        "--steps-per-eval-image", "1000",
+        "--steps-per-eval-all-images", "1000",
+        "--pipeline.datamanager.train-num-rays-per-batch", "64",
+        "--pipeline.model.eval-num-rays-per-chunk", "1024",
+        "--pipeline.model.num-levels", "4",
+        "--pipeline.model.log2-hashmap-size", "10",
+        "--pipeline.model.max-res", "64",
+        "--pipeline.model.hidden-dim", "16",
+        "--pipeline.model.hidden-dim-color", "16",
+        "--pipeline.model.num-nerf-samples-per-ray", "8",
+        "--pipeline.model.num-proposal-samples-per-ray", "8", "8",
+        "--pipeline.model.table-bits", "4",
+        "--pipeline.model.quant.quant-start-step", "4",
+        "--pipeline.model.quant-compile", "False",
+        "blender-data", "--data", str(blender_scene),
+    ]  # fmt: skip
+    run_ns("ns-train", *args, cwd=tmp_path)
+    config = find_config(tmp_path / "outputs", "tiny", "nerfacto-qat")
+    checkpoint = next((config.parent / "nerfstudio_models").glob("step-*.ckpt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+    calibrated = [k for k in state if k.endswith("table.calibrated")]
+    # the field's grid and the two proposal networks' (each under two names, as in nerfstudio: encoding, mlp_base.0)
+    assert len(calibrated) == 5 and all(bool(state[k]) for k in calibrated)
+    steps = state["_model.field.mlp_base.0.table.log_step"]
+    assert steps.shape == (4,) and bool(torch.isfinite(steps).all())
+    results = eval_in_process(config, tmp_path / "eval.json")
+    assert math.isfinite(results["psnr"]) and results["psnr"] > 5
