@@ -129,7 +129,9 @@ def _rays(count: int = 32) -> RayBundle:
 def test_nerfacto_qat_without_quantization_renders_as_nerfstudios_nerfacto_from_the_same_start():
     with offline_lpips():
         theirs = _model(NerfactoModel, _tiny_config(NerfactoModelConfig))
+    after_theirs = torch.get_rng_state()
     ours = _model(NerfactoQATModel, _tiny_config(NerfactoQATModelConfig, quant=QuantConfig(enabled=False)))
+    assert torch.equal(torch.get_rng_state(), after_theirs)  # training then draws the same rays and samples
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) + 4 + 3 + 3
     for model in (theirs, ours):
         model.eval()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional, Sequence, Type
 
+import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
@@ -64,7 +65,16 @@ class NerfactoQATModel(NerfactoModel):
             )
         with offline_lpips():  # nerfstudio's LPIPS would download AlexNet here
             super().populate_modules()
-        quant, bits = cfg.quant, cfg.table_bits
+        # the quantized modules copy nerfstudio's initial values; building them must not move the random stream,
+        # so that training draws the same rays and samples as nerfstudio's nerfacto from the same seed
+        with torch.random.fork_rng(devices=[]):
+            self._quantize_modules()
+        set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
+        self.update_to_step(0)
+
+    def _quantize_modules(self) -> None:
+        """Each hash grid and MLP nerfstudio built, replaced by its quantized twin with the same values."""
+        quant, bits = self.config.quant, self.config.table_bits
         f = self.field
         f.mlp_base = quantized_hash_mlp(f.mlp_base, quant, bits)
         head_splits = [f.direction_encoding.get_out_dim(), f.geo_feat_dim]
@@ -77,8 +87,6 @@ class NerfactoQATModel(NerfactoModel):
             encoding, mlp = network.mlp_base
             network.encoding = quantized_hash_encoding(encoding, int(network.max_res), bits)
             network.mlp_base = nn.Sequential(network.encoding, quantized_mlp(mlp, quant))
-        set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
-        self.update_to_step(0)
 
     def update_to_step(self, step: int) -> None:
         """The QAT schedule (nerf-qat's): fake quantization of tables and MLPs from ``quant_start_step``; activation

@@ -1,0 +1,233 @@
+"""nerfacto-qat against nerfstudio's nerfacto at equal steps, measured in one run on this machine.
+
+For each scene every variant is trained in this process by nerfstudio's Trainer with the same rays per batch,
+schedule, seed and table sizes; the only difference is the model: nerfstudio's ``NerfactoModel`` (its LPIPS kept
+offline), or nerfacto-qat with quantization off, or with its hash tables at 8, 4 or 2 bits and w8a8 MLPs (fake
+quantization from ``--quant-start-step``). Reported per variant: training wall time, held-out PSNR / SSIM over all
+held-out views (ns-eval's ``get_average_eval_image_metrics``, which also gives its rays/s), and the model's bytes:
+fp32 (hash tables, MLPs and appearance embedding) and, for the quantized ones, what their codes take (tables at their
+bits with a step per level, MLP weights at their bits with bf16 scales and fp32 biases, activation ranges; the
+appearance embedding left out: rendering uses its zero vector). Those byte counts are computed from the model's
+tensors: nerfacto-qat has no integer export yet.
+
+    python scripts/bench_nerfacto.py --output benchmarks/nerfacto_cpu_avx2
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import tyro
+
+from nerfqat_plugin.offline import patch_lpips
+from nerfqat_plugin.tools.runs import machine, machine_line, train_step, trainer_config
+
+REPO = Path(__file__).resolve().parents[1]
+FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
+VARIANTS: Dict[str, Optional[int]] = {
+    "nerfacto": None,
+    "nerfacto-qat, quantization off": None,
+    "tables 8 bit, w8a8 MLPs": 8,
+    "tables 4 bit, w8a8 MLPs": 4,
+    "tables 2 bit, w8a8 MLPs": 2,
+}
+"""Variant name -> table bits (None: no quantization)."""
+
+
+@dataclass
+class BenchNerfacto:
+    """Train nerfstudio's nerfacto and nerfacto-qat variants per scene at equal steps; PSNR, SSIM, bytes."""
+
+    output: Path = Path("benchmarks/nerfacto_cpu")
+    """Write <output>.json and <output>.md."""
+    scenes: Tuple[str, ...] = ("fern", "object")
+    """Scenes: fern (images_16 from ../shared, or --fern), object (Blender format, made here)."""
+    variants: Tuple[str, ...] = tuple(VARIANTS)
+    """Variants to train (names as in the report)."""
+    steps: int = 300
+    """Training steps of every run."""
+    rays: int = 512
+    """Rays per training batch."""
+    log2_hashmap_size: int = 17
+    """log2 of the entries per level of the field's hash grid (nerfstudio's default is 19)."""
+    quant_start_step: int = 100
+    """Step at which fake quantization starts (fp32 before)."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    fern: Path = FERN
+    """The fern scene folder (poses_bounds.npy, images_16/)."""
+    workdir: Optional[Path] = None
+    """Keep the runs here (default: a temporary folder, deleted at the end)."""
+
+    def main(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variant {unknown[0]!r}: choose from {list(VARIANTS)}")
+        patch_lpips()  # nerfstudio's nerfacto would download AlexNet for LPIPS
+        command = "python scripts/bench_nerfacto.py " + " ".join(sys.argv[1:])
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        result: Dict[str, object] = {"command": command.strip(), "commit": commit.stdout.strip() or "unknown"}
+        result.update(steps=self.steps, rays=self.rays, log2_hashmap_size=self.log2_hashmap_size)
+        result.update(quant_start_step=self.quant_start_step, scenes={})
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(self.workdir or tmp)
+            for scene in self.scenes:
+                print(f"=== {scene}", flush=True)
+                result["scenes"][scene] = self._scene(scene, root / scene)  # type: ignore[index]
+                self._write(result)
+        result["machine"] = machine(self.device)
+        self._write(result)
+        print(report(result))
+
+    def _write(self, result: Dict[str, object]) -> None:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        if "machine" in result:
+            self.output.with_suffix(".md").write_text(report(result))
+
+    def _dataparser(self, scene: str, work: Path):
+        from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+
+        from nerfqat_plugin.llff import LLFFDataParserConfig
+
+        if scene == "fern":
+            if not (self.fern / "poses_bounds.npy").is_file():
+                raise FileNotFoundError(f"{self.fern}: no fern scene there (pass --fern FOLDER)")
+            data = self.fern.resolve()
+            return LLFFDataParserConfig(data=data, downscale_factor=16, ndc=False), "fern images_16 (252x189)"
+        if scene == "object":
+            data = work / "data"
+            script = REPO / "scripts/make_object_scene.py"
+            subprocess.run([sys.executable, str(script), "--output", str(data)], check=True, capture_output=True)
+            return BlenderDataParserConfig(data=data), "object in a box, Blender format, 64x64, 24+6+6 views"
+        raise ValueError(f"unknown scene {scene!r} (fern or object)")
+
+    def _config(self, dataparser, work: Path, bits: Optional[int], nerfstudio: bool):
+        from nerfstudio.models.nerfacto import NerfactoModelConfig
+
+        from nerfqat_plugin.registration import nerfacto_qat
+
+        config = trainer_config(nerfacto_qat.config, self.device, work, self.steps)
+        config.pipeline.datamanager.dataparser = dataparser
+        config.pipeline.datamanager.train_num_rays_per_batch = self.rays
+        config.pipeline.datamanager.eval_num_rays_per_batch = self.rays
+        model = config.pipeline.model
+        model.log2_hashmap_size = self.log2_hashmap_size
+        model.eval_num_rays_per_chunk = 4096
+        model.quant.enabled = bits is not None
+        model.quant.quant_start_step = self.quant_start_step
+        model.table_bits = bits or 8
+        if not hasattr(dataparser, "ndc"):  # Blender: a white background, as nerfstudio's blender runs
+            model.background_color = "white"
+        if nerfstudio:  # the same settings on nerfstudio's own model class
+            theirs = NerfactoModelConfig()
+            for f in fields(theirs):
+                if f.name != "_target":
+                    setattr(theirs, f.name, copy.deepcopy(getattr(model, f.name)))
+            config.pipeline.model = theirs
+        config.steps_per_save = self.steps
+        config.save_only_latest_checkpoint = True
+        return config
+
+    def _scene(self, scene: str, work: Path) -> Dict[str, object]:
+        work.mkdir(parents=True, exist_ok=True)
+        dataparser, description = self._dataparser(scene, work)
+        out: Dict[str, object] = {"description": description, "variants": {}}
+        for variant in self.variants:
+            print(f"[{scene}] training {variant}", flush=True)
+            config = self._config(dataparser, work / _slug(variant), VARIANTS[variant], variant == "nerfacto")
+            torch.manual_seed(0)
+            trainer = config.setup(local_rank=0, world_size=1)
+            trainer.setup()
+            seconds = 0.0
+            for step in range(self.steps):
+                start = time.perf_counter()
+                train_step(trainer, step)
+                seconds += time.perf_counter() - start
+            out["variants"][variant] = {"train_s": seconds, **evaluate(trainer.pipeline)}  # type: ignore[index]
+            print(f"  {json.dumps(out['variants'][variant])}", flush=True)  # type: ignore[index]
+            del trainer
+            gc.collect()
+        return out
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+@torch.no_grad()
+def evaluate(pipeline) -> Dict[str, object]:
+    """Held-out metrics over every held-out view (as ns-eval) and the model's bytes."""
+    from nerfqat_plugin.quant.config import QuantConfig
+    from nerfqat_plugin.quant.size import quantized_nbytes
+
+    pipeline.eval()
+    metrics = pipeline.get_average_eval_image_metrics()
+    model = pipeline.model
+    parts = [model.field, model.proposal_networks]
+    fp32 = 4 * sum(p.numel() for part in parts for p in part.parameters())
+    entry: Dict[str, object] = {
+        "psnr": float(metrics["psnr"]),
+        "ssim": float(metrics["ssim"]),
+        "rays_per_s": float(metrics["num_rays_per_sec"]),
+        "fp32_bytes": fp32,
+    }
+    config = getattr(model.config, "quant", None)
+    if isinstance(config, QuantConfig) and config.enabled:
+        entry["code_bytes"] = sum(quantized_nbytes(part, config) for part in parts)
+    return entry
+
+
+def report(result: Dict) -> str:
+    lines = [
+        "# nerfacto-qat vs nerfstudio's nerfacto, equal steps",
+        "",
+        f"Commit: {result.get('commit', 'unknown')}  ",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {machine_line(result['machine'])}  ",
+        f"{result['steps']} steps per run, {result['rays']} rays per batch, field hash grid 2^"
+        f"{result['log2_hashmap_size']} entries per level (nerfstudio's proposal grids), fake quantization from step "
+        f"{result['quant_start_step']}; otherwise nerfstudio's nerfacto settings (PyTorch hash grid and MLPs, "
+        "mixed precision off).",
+        "",
+        "Code bytes are computed from the model's tensors (tables at their bits plus a step per level, MLP weights at "
+        "8 bits with bf16 scales and fp32 biases, activation ranges; the appearance embedding is left out, as "
+        "rendering uses its zero vector): nerfacto-qat has no integer export yet.",
+    ]
+    for scene, s in result["scenes"].items():
+        base = s["variants"].get("nerfacto")
+        lines += [
+            "",
+            f"## {scene}: {s['description']}",
+            "",
+            "| variant | train s | PSNR | vs nerfacto | SSIM | eval rays/s | fp32 MB | code MB | vs nerfacto fp32 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, e in s["variants"].items():
+            dpsnr = f"{e['psnr'] - base['psnr']:+.2f}" if base else ""
+            code = e.get("code_bytes")
+            ratio = f"{code / base['fp32_bytes']:.3f}" if base and code else ""
+            lines.append(
+                f"| {name} | {e['train_s']:.0f} | {e['psnr']:.2f} | {dpsnr} | {e['ssim']:.3f} | "
+                f"{e['rays_per_s']:,.0f} | {e['fp32_bytes'] / 1e6:.2f} | "
+                f"{'' if code is None else f'{code / 1e6:.3f}'} | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def entrypoint(argv: Optional[List[str]] = None) -> None:
+    tyro.cli(BenchNerfacto, args=argv).main()
+
+
+if __name__ == "__main__":
+    entrypoint()
