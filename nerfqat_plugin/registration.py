@@ -78,7 +78,7 @@ nerfacto_qat = MethodSpecification(
         pipeline=VanillaPipelineConfig(
             datamanager=VanillaDataManagerConfig(
                 _target=NeRFQATDataManager,
-                dataparser=LLFFDataParserConfig(),
+                dataparser=LLFFDataParserConfig(ndc=False),  # nerfacto contracts unbounded space instead
                 train_num_rays_per_batch=4096,
                 eval_num_rays_per_batch=4096,
             ),

@@ -7,7 +7,7 @@ quantization from ``--quant-start-step``). Reported per variant: training wall t
 held-out views (ns-eval's ``get_average_eval_image_metrics``, which also gives its rays/s), and the model's bytes:
 fp32 (hash tables, MLPs and appearance embedding) and, for the quantized ones, what their codes take (tables at their
 bits with a step per level, MLP weights at their bits with bf16 scales and fp32 biases, activation ranges; the
-appearance embedding left out: rendering uses its zero vector), and what entropy coding could make of the tables'
+appearance embedding left out: rendering uses its mean, 32 floats), and what entropy coding could make of the tables'
 codes (their order-0 entropy, and zlib -9 of the packed codes). Those byte counts are computed from the model's
 tensors: nerfacto-qat has no integer export yet.
 
@@ -226,7 +226,7 @@ def report(result: Dict) -> str:
         "",
         "Code bytes are computed from the model's tensors (tables at their bits plus a step per level, MLP weights at "
         "8 bits with bf16 scales and fp32 biases, activation ranges; the appearance embedding is left out, as "
-        "rendering uses its zero vector): nerfacto-qat has no integer export yet. Tables: the hash tables' packed "
+        "rendering uses its mean, 32 floats): nerfacto-qat has no integer export yet. Tables: the hash tables' packed "
         "codes, their order-0 entropy (a bound for one fixed code distribution per table), zlib -9 of each table.",
     ]
     for scene, s in result["scenes"].items():

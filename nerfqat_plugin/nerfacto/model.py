@@ -63,6 +63,10 @@ class NerfactoQATModel(NerfactoModel):
                 f"nerfacto-qat: --pipeline.model.implementation {cfg.implementation!r} is not supported: the quantized "
                 "hash grids and MLPs are PyTorch modules (use torch)"
             )
+        if cfg.predict_normals:
+            raise ValueError(
+                "nerfacto-qat: --pipeline.model.predict-normals is not supported (its MLP is not quantized)"
+            )
         with offline_lpips():  # nerfstudio's LPIPS would download AlexNet here
             super().populate_modules()
         # the quantized modules copy nerfstudio's initial values; building them must not move the random stream,

@@ -11,7 +11,9 @@ gradient goes straight through to the float rows (zero where a code is clipped).
 range and ``+-qmax`` where clipped, scaled by ``1 / sqrt(values gathered x qmax)``. A step is kept as its logarithm,
 so an optimizer's update moves it by a fraction of itself (Adam at a hash grid's learning rate, 1e-2, would move a
 step of 1e-3 by ten times its size). The steps start from the table itself when quantization first runs
-(``calibrate``): the largest magnitude of each group over ``qmax``.
+(``calibrate``): per group, the step with the least squared error over its rows among ``CALIBRATION_FRACTIONS`` of
+the largest magnitude over ``qmax`` (1: nothing clipped; at 2 bits clipping the few largest entries keeps the many
+mid-sized ones from rounding to zero).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from torch import Tensor, nn
 
 from nerfqat_plugin.quant.layers import QuantModule
 from nerfqat_plugin.quant.rounding import grid
+
+CALIBRATION_FRACTIONS = tuple(i / 20 for i in range(20, 0, -1))
+"""Candidate steps of ``calibrate``, as fractions of (largest magnitude / qmax)."""
 
 
 def table_qmax(bits: int) -> int:
@@ -78,6 +83,8 @@ class QuantTable(QuantModule):
         self.log_step = nn.Parameter(torch.zeros(groups))
         """The natural logarithm of each group's learned step (set from the table by ``calibrate``)."""
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("code_bits", torch.tensor(bits))
+        """The bits the steps were learned for (a state dict of another width does not load)."""
         self._calibrated = False
         """``calibrated`` as last read (reading the buffer would wait for the device on every call)."""
 
@@ -88,14 +95,28 @@ class QuantTable(QuantModule):
 
     @torch.no_grad()
     def calibrate(self) -> None:
-        """Each group's step from its rows: the largest magnitude over ``qmax`` (nothing is clipped then)."""
-        peak = self.weight.detach().reshape(self.groups, -1).abs().amax(dim=1)
-        self.log_step.copy_(torch.log(torch.clamp(peak, min=1e-12) / self.qmax))
+        """Each group's step from its rows (see the module docstring)."""
+        rows = self.weight.detach().reshape(self.groups, -1)
+        peak = torch.clamp(rows.abs().amax(dim=1), min=1e-12) / self.qmax
+        zero = torch.zeros((), device=rows.device)
+        best, best_error = peak.clone(), torch.full_like(peak, float("inf"))
+        for fraction in CALIBRATION_FRACTIONS:
+            step = (peak * fraction)[:, None]
+            error = ((grid(rows, step, zero, -self.qmax, self.qmax) * step - rows) ** 2).sum(dim=1)
+            better = error < best_error
+            best, best_error = torch.where(better, step[:, 0], best), torch.where(better, error, best_error)
+        self.log_step.copy_(torch.log(best))
         self.calibrated.fill_(True)
         self._calibrated = True
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        stored = state_dict.get(prefix + "code_bits")
+        if stored is not None and int(stored) != self.bits:
+            raise ValueError(
+                f"{prefix.rstrip('.')}: the state has {int(stored)}-bit table codes, this table has {self.bits} bits "
+                "(train or load with the same table bits)"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._calibrated = False  # read the loaded buffer on the next call
 
     def forward(self, index: Tensor) -> Tensor:

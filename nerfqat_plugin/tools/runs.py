@@ -214,12 +214,16 @@ def trainer_config(base, device: str, output_dir: Path, steps: int, preset: Opti
 
 
 def train_step(trainer, step: int) -> Dict[str, object]:
-    """One ns-train step: the callbacks that run before an iteration, then ``Trainer.train_iteration``."""
+    """One step of ns-train's loop (``Trainer.train``): the pipeline in training mode, the callbacks that run before
+    an iteration, ``Trainer.train_iteration``, the callbacks that run after it (nerfacto's proposal schedule)."""
     from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
+    trainer.pipeline.train()
     for callback in trainer.callbacks:
         callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     _, _, metrics = trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
     return metrics
 
 
