@@ -32,7 +32,7 @@ import torch
 import tyro
 
 from nerfqat_plugin.offline import patch_lpips
-from nerfqat_plugin.tools.runs import machine, machine_line, train_step, trainer_config
+from nerfqat_plugin.tools.runs import machine, machine_line, seed_everything, train_step, trainer_config
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
@@ -148,7 +148,7 @@ class BenchNerfacto:
         for variant in self.variants:
             print(f"[{scene}] training {variant}", flush=True)
             config = self._config(dataparser, work / _slug(variant), VARIANTS[variant], variant == "nerfacto")
-            torch.manual_seed(0)
+            seed_everything(0)
             trainer = config.setup(local_rank=0, world_size=1)
             trainer.setup()
             seconds = 0.0

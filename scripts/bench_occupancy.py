@@ -36,7 +36,16 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import load_pipeline  # noqa: E402
 
-from nerfqat_plugin.tools.runs import PRESETS, decision_lines, machine, machine_line, ns, train_step, trainer_config  # noqa: E402
+from nerfqat_plugin.tools.runs import (  # noqa: E402
+    PRESETS,
+    decision_lines,
+    machine,
+    machine_line,
+    ns,
+    seed_everything,
+    train_step,
+    trainer_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
@@ -178,7 +187,7 @@ class BenchOccupancy:
             sampler, precision = variant.split()
             print(f"[{scene}] training {variant}", flush=True)
             config = self._config(dataparser, preset, work / variant.replace(" ", "-"), sampler, precision == "qat")
-            torch.manual_seed(0)
+            seed_everything(0)
             config.save_config()  # config.yml, as ns-train writes it (ns-export-int8 reads it)
             trainer = config.setup(local_rank=0, world_size=1)
             trainer.setup()

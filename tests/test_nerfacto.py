@@ -179,6 +179,37 @@ def test_nerfacto_qat_without_quantization_renders_as_nerfstudios_nerfacto_from_
     assert spread > 0.03 and 0 < float((quantized - fp32).abs().max()) < 0.1 * spread
 
 
+def test_nerfacto_qat_without_quantization_trains_as_nerfstudios_nerfacto_step_for_step():
+    """Three Adam steps on nerfacto's own losses (photometric, interlevel, distortion): the same parameters."""
+    with offline_lpips():
+        theirs = _model(NerfactoModel, _tiny_config(NerfactoModelConfig))
+        initial = {k: v.detach().clone() for k, v in theirs.named_parameters()}
+    ours = _model(NerfactoQATModel, _tiny_config(NerfactoQATModelConfig, quant=QuantConfig(enabled=False)))
+    target = {"image": torch.rand(32, 3, generator=torch.Generator().manual_seed(3))}
+    for model in (theirs, ours):
+        model.train()
+        optimizer = torch.optim.Adam([p for group in model.get_param_groups().values() for p in group], lr=1e-2)
+        torch.manual_seed(4)  # the proposal sampler's jitter
+        for _ in range(3):
+            optimizer.zero_grad()
+            outputs = model(_rays())
+            losses = model.get_loss_dict(outputs, target, model.get_metrics_dict(outputs, target))
+            sum(losses.values()).backward()
+            optimizer.step()
+    renamed = {
+        ".model.0.hash_table": ".0.table.weight",
+        ".model.1.": ".1.",
+        "encoding.hash_table": "encoding.table.weight",
+    }
+    ours_params = dict(ours.named_parameters())
+    for key, value in theirs.named_parameters():
+        ours_key = key
+        for a, b in renamed.items():
+            ours_key = ours_key.replace(a, b)
+        assert torch.equal(ours_params[ours_key], value), key
+    assert sum(not torch.equal(v, initial[k]) for k, v in theirs.named_parameters()) > 10  # training moved them
+
+
 def test_nerfacto_qat_refuses_tinycudann_naming_the_setting():
     with pytest.raises(ValueError, match="implementation 'tcnn' is not supported"):
         _model(NerfactoQATModel, dataclasses.replace(_tiny_config(NerfactoQATModelConfig), implementation="tcnn"))

@@ -213,6 +213,18 @@ def trainer_config(base, device: str, output_dir: Path, steps: int, preset: Opti
     return config
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random streams, as ns-train does before it builds a trainer (nerfstudio's
+    image cache orders the images with Python's ``random``: seeding torch alone leaves the data order to chance)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train_step(trainer, step: int) -> Dict[str, object]:
     """One step of ns-train's loop (``Trainer.train``): the pipeline in training mode, the callbacks that run before
     an iteration, ``Trainer.train_iteration``, the callbacks that run after it (nerfacto's proposal schedule)."""
