@@ -24,10 +24,10 @@ from nerfqat_plugin.int8_format import GRID_TENSOR, Int8ExportError, architectur
 from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.occupancy import OccupancyConfig, OccupancyGrid, evaluating, march
+from nerfqat_plugin.qat_callbacks import apply_schedule, schedule_callbacks
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import Kernel, MatmulMode
-from nerfqat_plugin.quant.distributed import data_parallel, sync_observers
-from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
+from nerfqat_plugin.quant.layers import set_train_kernels
 from nerfqat_plugin.quant.size import fp32_nbytes, num_params, quantized_nbytes
 
 Sampler = Literal["hierarchical", "occupancy"]
@@ -197,37 +197,19 @@ class NeRFQATModel(Model):
                 raise Int8ExportError(str(err)) from None
 
     def update_to_step(self, step: int) -> None:
-        """The QAT schedule: fake quantization on from ``quant_start_step``; observers move until
-        ``freeze_observers_step``."""
-        q = self.config.quant
-        active = q.enabled and step >= q.quant_start_step
-        observe = q.freeze_observers_step < 0 or step < q.freeze_observers_step
-        set_quant_state(self, active=active, observe=observe)
+        """The QAT schedule (``qat_callbacks.apply_schedule``)."""
+        apply_schedule(self, self.config.quant, step)
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
-        callbacks = [
-            TrainingCallback(
-                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
-                update_every_num_iters=1,
-                func=self.update_to_step,
-            )
-        ]
+        callbacks = schedule_callbacks(self)
         if self.grid is not None:  # after update_to_step: the grid sees the density as this step computes it
             callbacks.append(
                 TrainingCallback(
                     where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                     update_every_num_iters=self.config.occupancy.update_every,
                     func=self.update_grid,
-                )
-            )
-        if data_parallel():  # every rank folds the same, all-reduced activation ranges after each step
-            callbacks.append(
-                TrainingCallback(
-                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-                    update_every_num_iters=1,
-                    func=lambda step: sync_observers(self),
                 )
             )
         return callbacks

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import List, Literal, Optional, Sequence, Type
 
 import torch
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
@@ -22,10 +22,10 @@ from torch import nn
 
 from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
 from nerfqat_plugin.offline import offline_lpips
+from nerfqat_plugin.qat_callbacks import apply_schedule, schedule_callbacks
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import MatmulMode
-from nerfqat_plugin.quant.distributed import data_parallel, sync_observers
-from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
+from nerfqat_plugin.quant.layers import set_train_kernels
 from nerfqat_plugin.quant.mlp import QuantMLP
 from nerfqat_plugin.quant.table import table_qmax
 
@@ -93,33 +93,13 @@ class NerfactoQATModel(NerfactoModel):
             network.mlp_base = nn.Sequential(network.encoding, quantized_mlp(mlp, quant))
 
     def update_to_step(self, step: int) -> None:
-        """The QAT schedule (nerf-qat's): fake quantization of tables and MLPs from ``quant_start_step``; activation
-        observers move until ``freeze_observers_step``."""
-        q = self.config.quant
-        active = q.enabled and step >= q.quant_start_step
-        observe = q.freeze_observers_step < 0 or step < q.freeze_observers_step
-        set_quant_state(self, active=active, observe=observe)
+        """The QAT schedule (nerf-qat's, ``qat_callbacks.apply_schedule``), for the tables and the MLPs alike."""
+        apply_schedule(self, self.config.quant, step)
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
-        callbacks = [
-            TrainingCallback(
-                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
-                update_every_num_iters=1,
-                func=self.update_to_step,
-            )
-        ]
-        callbacks += super().get_training_callbacks(training_callback_attributes)
-        if data_parallel():
-            callbacks.append(
-                TrainingCallback(
-                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-                    update_every_num_iters=1,
-                    func=lambda step: sync_observers(self),
-                )
-            )
-        return callbacks
+        return schedule_callbacks(self) + super().get_training_callbacks(training_callback_attributes)
 
 
 def quantized_mlp(mlp: MLP, quant: QuantConfig, in_splits: Optional[Sequence[int]] = None) -> QuantMLP:
