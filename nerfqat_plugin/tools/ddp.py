@@ -61,7 +61,7 @@ class Worker:
         import nerfstudio.pipelines.base_pipeline as base_pipeline
         from nerfstudio.utils import comms
 
-        import nerfqat_plugin.model as model_module
+        import nerfqat_plugin.qat_callbacks as callbacks_module
         from nerfqat_plugin.llff import LLFFDataParserConfig
         from nerfqat_plugin.registration import nerf_qat
 
@@ -75,7 +75,7 @@ class Worker:
 
         base_pipeline.DDP = CPUDistributedDataParallel  # type: ignore[misc]
         sync_seconds: List[float] = []
-        sync = model_module.sync_observers
+        sync = callbacks_module.sync_observers
 
         def timed_sync(module):  # what the model's after-step callback calls, timed
             start = time.perf_counter()
@@ -83,7 +83,7 @@ class Worker:
             sync_seconds.append(time.perf_counter() - start)
             return count
 
-        model_module.sync_observers = timed_sync  # type: ignore[assignment]
+        callbacks_module.sync_observers = timed_sync  # type: ignore[assignment]
 
         preset = PRESETS["tiny"]
         config = trainer_config(nerf_qat.config, "cpu", self.workdir / "outputs", self.steps, preset)
