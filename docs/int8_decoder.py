@@ -1,12 +1,13 @@
-"""Reference decoder of nerf-qat's integer export (docs/int8-format.md), in NumPy alone.
+"""Reference decoder of nerf-qat's integer export (docs/int8-format.md), in NumPy (and zstandard for coded tensors).
 
     python docs/int8_decoder.py exports/fern-int8/model.safetensors
     python docs/int8_decoder.py exports/fern-int8 --render test 0 fern-test-0.png
 
-reads the file without any library but NumPy (the safetensors container is parsed by hand), unpacks the weight
-codes and runs the coarse and fine networks with exactly the integer arithmetic the specification gives, printing
-the density and colour of a few points; with ``--render``, renders a view of the export folder's camera record
-(``cameras.json``) from the folder alone, as section 5 of the specification says, and writes it as a PNG.
+reads the file without any library but NumPy (the safetensors container is parsed by hand; the ``zstandard``
+package decodes the Zstandard frames of coded tensors, format version 2), unpacks the weight codes and runs the
+coarse and fine networks with exactly the integer arithmetic the specification gives, printing the density and
+colour of a few points; with ``--render``, renders a view of the export folder's camera record (``cameras.json``)
+from the folder alone, as section 5 of the specification says, and writes it as a PNG.
 ``Int8File(path).network("fine.").forward(positions, directions)`` and ``render_view(folder, split, index)`` are the
 same as functions; every activation code is returned too, to check another implementation against, code by code.
 """
@@ -187,13 +188,30 @@ class Network:
         return self.forward_encoded(pos, encode(directions, self.arch["direction_frequencies"]))
 
 
+def decode_coded(tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> None:
+    """Replace each coded tensor (format version 2, section 1.1) by the bytes its Zstandard frame holds."""
+    coded = json.loads(metadata.get("coding", "{}"))
+    if coded:
+        import zstandard  # a standard frame (RFC 8878): any Zstandard implementation decodes it
+
+    for name, spec in coded.items():
+        if spec["codec"] != "zstd":
+            raise ValueError(f"{name}: unknown codec {spec['codec']!r}")
+        nbytes = int(np.prod(spec["shape"]))
+        data = zstandard.ZstdDecompressor().decompress(tensors[name].tobytes(), max_output_size=nbytes)
+        if len(data) != nbytes:
+            raise ValueError(f"{name}: decoded {len(data)} bytes, {nbytes} expected")
+        tensors[name] = np.frombuffer(data, dtype=np.uint8).reshape(spec["shape"])
+
+
 class Int8File:
-    """A nerf-qat integer export file."""
+    """A nerf-qat integer export file (format version 1 or 2)."""
 
     def __init__(self, path: str) -> None:
         self.tensors, self.metadata = read_safetensors(path)
-        if self.metadata.get("format") != "nerfqat-int8" or self.metadata.get("format_version") != "1":
-            raise ValueError(f"{path}: not a version 1 nerf-qat integer export")
+        if self.metadata.get("format") != "nerfqat-int8" or self.metadata.get("format_version") not in ("1", "2"):
+            raise ValueError(f"{path}: not a version 1 or 2 nerf-qat integer export")
+        decode_coded(self.tensors, self.metadata)
         self.architecture = json.loads(self.metadata["architecture"])
         self.quant = json.loads(self.metadata["quant"])
 

@@ -152,7 +152,7 @@ class ExportInt8:
         out_abs.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_abs.name}.", dir=out_abs.parent))
         try:
-            write_file(staging / WEIGHTS_FILE, tensors, metadata)
+            stored = write_file(staging / WEIGHTS_FILE, tensors, metadata)
             (staging / RECORD_FILE).write_bytes(record)
             (staging / "nerfstudio_models").mkdir()
             torch.save({"step": int(step), "pipeline": {}}, staging / "nerfstudio_models" / f"step-{step:09d}.ckpt")
@@ -168,7 +168,7 @@ class ExportInt8:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-        self._print_table(tensors, model, out_abs)
+        self._print_table(tensors, stored, model, out_abs)
         return out_abs
 
     @staticmethod
@@ -199,11 +199,11 @@ class ExportInt8:
         return cfg
 
     @staticmethod
-    def _print_table(tensors: Dict[str, torch.Tensor], model, folder: Path) -> None:
+    def _print_table(tensors: Dict[str, torch.Tensor], stored: Dict[str, int], model, folder: Path) -> None:
         path = folder / WEIGHTS_FILE
         quant = model.config.quant
         table = Table(title=f"Integer export: {path}")
-        for column in ("tensor", "shape", "dtype / bits", "bytes"):
+        for column in ("tensor", "shape", "dtype / bits", "bytes", "in the file (zstd where smaller)"):
             table.add_column(column)
         shapes = {
             f"{prefix}{name}.weight": tuple(m.weight.shape)
@@ -220,12 +220,14 @@ class ExportInt8:
                 r = grid.resolution
                 bits = f"bitfield, zlib ({grid.occupied_fraction():.1%} occupied)"
                 shape = f"{r}x{r}x{r}"
-            table.add_row(name, shape, bits, f"{t.numel() * t.element_size():,}")
+            table.add_row(name, shape, bits, f"{t.numel() * t.element_size():,}", f"{stored[name]:,}")
         CONSOLE.print(table)
         size = path.stat().st_size
         fp32 = model.size_metrics()["model_bytes_fp32"]
+        raw = sum(t.numel() * t.element_size() for t in tensors.values())
         CONSOLE.print(
-            f"{path.name}: {size:,} bytes ({size / 1e6:.3f} MB) vs fp32 weights {fp32:,.0f} bytes "
+            f"{path.name}: {size:,} bytes ({size / 1e6:.3f} MB; tensors {raw:,} bytes raw, {sum(stored.values()):,} "
+            f"coded) vs fp32 weights {fp32:,.0f} bytes "
             f"({fp32 / 1e6:.3f} MB): {fp32 / size:.2f}x smaller; {RECORD_FILE} (cameras, no images): "
             f"{(folder / RECORD_FILE).stat().st_size:,} bytes"
         )

@@ -12,18 +12,24 @@ and, when the model was trained with the occupancy sampler (no coarse MLP then):
   ``occupancy.bits``       uint8, the occupancy grid's bitfield, zlib-compressed (``OccupancyGrid.packed``)
 Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` / ``render`` (JSON;
 ``render``: the model's ``render_settings``, absent in exports made before it),
-``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``.
+``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``, and ``coding``.
+
+Version 2 stores every uint8 tensor that codes smaller as a Zstandard frame (``coding``), its name and dtype
+unchanged and its shape the frame's length; ``coding`` (JSON) maps each coded tensor to ``{"codec": "zstd",
+"shape": [...]}``, the shape it decodes to. Version 1 files (no coding) keep loading.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from nerfqat_plugin import coding
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import Kernel
 from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear, convert_to_int, layer_tensors, set_kernel
@@ -31,7 +37,9 @@ from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 from nerfqat_plugin.quant.pack import pack_bits, packed_nbytes, unpack_bits
 
 FORMAT_NAME = "nerfqat-int8"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
+"""Versions this reader loads: 1 (no coded tensors) and 2."""
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -150,19 +158,32 @@ def _check_shape(tensors: Dict[str, Tensor], key: str, shape: Tuple[int, ...], p
         )
 
 
-def write_file(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, Any]) -> None:
-    """Write tensors and metadata (values JSON-encoded unless already strings); atomic: temp file, then rename."""
+def write_file(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, Any], code: bool = True) -> Dict[str, int]:
+    """Write tensors and metadata (values JSON-encoded unless already strings), each uint8 tensor as a Zstandard
+    frame where that is smaller (``code``); atomic: temp file, then rename. The bytes each tensor takes in the file."""
     from safetensors.torch import save_file
 
+    stored: Dict[str, Tensor] = {}
+    coded: Dict[str, Dict[str, object]] = {}
+    for name, t in tensors.items():
+        stored[name] = t
+        if code and t.dtype == torch.uint8 and t.numel():
+            frame = coding.encode(t.contiguous().numpy().tobytes())
+            if len(frame) < t.numel():
+                stored[name] = torch.frombuffer(bytearray(frame), dtype=torch.uint8)
+                coded[name] = {"codec": coding.CODEC, "shape": list(t.shape)}
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
     meta.update({k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in metadata.items()})
+    meta["coding"] = json.dumps(coded, separators=(",", ":"))
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_file(stored, str(tmp), metadata=meta)
     tmp.replace(path)
+    return {name: t.numel() * t.element_size() for name, t in stored.items()}
 
 
 def read_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
-    """Tensors and metadata of an export file, with its format checked; ``Int8ExportError`` on any problem."""
+    """Tensors (coded ones decoded) and metadata of an export file, with its format checked; ``Int8ExportError`` on
+    any problem."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -176,12 +197,37 @@ def read_file(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
         raise Int8ExportError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from None
     if metadata.get("format") != FORMAT_NAME:
         raise Int8ExportError(f"{path}: not a nerf-qat integer export (format {metadata.get('format')!r})")
-    if metadata.get("format_version") != str(FORMAT_VERSION):
+    if metadata.get("format_version") not in READABLE_VERSIONS:
         raise Int8ExportError(
             f"{path}: unknown format version {metadata.get('format_version')!r}; "
-            f"this nerf-qat reads version {FORMAT_VERSION} (re-export with this version)"
+            f"this nerf-qat reads versions {', '.join(READABLE_VERSIONS)} (re-export with this version)"
         )
+    if metadata["format_version"] != "1":
+        _decode_tensors(path, tensors, metadata)
     return tensors, metadata
+
+
+def _decode_tensors(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, str]) -> None:
+    """Replace the coded tensors by what they decode to, in place (all checked before any is replaced)."""
+    try:
+        coded = json.loads(metadata.get("coding", ""))
+        specs = {name: (str(c["codec"]), tuple(int(n) for n in c["shape"])) for name, c in coded.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise Int8ExportError(f"{path}: the 'coding' metadata is missing or malformed (re-export)") from None
+    decoded: Dict[str, Tensor] = {}
+    for name, (codec, shape) in specs.items():
+        frame = tensors.get(name)
+        if frame is None or frame.dtype != torch.uint8 or frame.dim() != 1:
+            raise Int8ExportError(f"{path}: coded tensor {name!r} is missing or not a byte stream (re-export)")
+        if codec != coding.CODEC:
+            raise Int8ExportError(f"{path}: tensor {name!r} is coded with {codec!r}; this nerf-qat reads 'zstd'")
+        nbytes = math.prod(shape)
+        try:
+            data = coding.decode(frame.numpy().tobytes(), nbytes)
+        except coding.CodingError as err:
+            raise Int8ExportError(f"{path}: tensor {name!r}: coded stream truncated or corrupt: {err}") from None
+        decoded[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(shape)
+    tensors.update(decoded)
 
 
 def decode(metadata: Dict[str, str], key: str) -> Any:

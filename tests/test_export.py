@@ -143,8 +143,8 @@ def test_corrupt_header(exported_run: Path, tmp_path: Path):
 
 
 def _rewrite_metadata(path: Path, **changes: str) -> None:
-    tensors, meta = read_file(path)
-    meta.update(changes)
+    tensors, meta = read_file(path)  # coded tensors decoded: the rewritten file stores them as they are
+    meta.update({"coding": "{}", **changes})
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=meta)
@@ -206,7 +206,7 @@ def test_export_cli_errors_leave_no_partial_output(tmp_path: Path, exported_run:
 def test_failure_while_writing_leaves_nothing_behind(tmp_path: Path, trained_run: Path, monkeypatch):
     import nerfqat_plugin.export as export
 
-    def broken_write(path, tensors, metadata):
+    def broken_write(path, tensors, metadata, code=True):
         path.write_bytes(b"partial")
         raise OSError("disk full (simulated)")
 
@@ -214,3 +214,80 @@ def test_failure_while_writing_leaves_nothing_behind(tmp_path: Path, trained_run
     with pytest.raises(OSError, match="simulated"):
         export.ExportInt8(load_config=trained_run, output_dir=tmp_path / "out").run()
     assert list(tmp_path.iterdir()) == []  # neither the output nor the staging directory is left
+
+
+def _raw_file(path: Path) -> tuple:
+    """The tensors and metadata as stored (coded tensors not decoded), with the safetensors library alone."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def _coded_file(tmp_path: Path) -> tuple:
+    """A file of one compressible code tensor (peaked codes, as trained weights), one incompressible and a float."""
+    g = torch.Generator().manual_seed(0)
+    peaked = (torch.randn(40_000, generator=g) * 6 + 128).round().clamp(0, 255).to(torch.uint8)
+    noise = torch.randint(0, 256, (3000,), generator=g, dtype=torch.uint8)
+    tensors = {"a.weight": peaked, "b.weight": noise, "a.bias": torch.randn(7, generator=g)}
+    path = tmp_path / WEIGHTS_FILE
+    stored = write_file(path, tensors, {"architecture": {"num_layers": 8}, "quant": {"weight_bits": 8}})
+    return path, tensors, stored
+
+
+def test_coded_tensors_are_smaller_and_decode_to_the_same_bytes(tmp_path: Path):
+    path, tensors, stored = _coded_file(tmp_path)
+    raw, meta = _raw_file(path)
+    assert json.loads(meta["coding"]) == {"a.weight": {"codec": "zstd", "shape": [40_000]}}  # noise stays raw
+    assert raw["a.weight"].numel() == stored["a.weight"] < 0.6 * 40_000  # ~4.6 bits a code
+    assert stored["b.weight"] == 3000 and torch.equal(raw["b.weight"], tensors["b.weight"])
+    decoded, _ = read_file(path)
+    assert decoded.keys() == tensors.keys()
+    assert all(torch.equal(decoded[k], tensors[k]) for k in tensors)
+    uncoded = tmp_path / "uncoded.safetensors"
+    write_file(uncoded, tensors, {}, code=False)
+    assert json.loads(_raw_file(uncoded)[1]["coding"]) == {}
+    assert path.stat().st_size < uncoded.stat().st_size - 15_000
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),  # the frame cut short
+        (lambda b: b[:100] + bytes([b[100] ^ 0x10]) + b[101:], "checksum"),  # one bit of the content flipped
+        (lambda b: b + b"\x00", "follow the frame"),
+    ],
+)
+def test_a_truncated_or_tampered_coded_stream_fails_with_one_clear_line(tmp_path: Path, damage, message: str):
+    from safetensors.torch import save_file
+
+    path, _, _ = _coded_file(tmp_path)
+    raw, meta = _raw_file(path)
+    frame = bytes(raw["a.weight"].numpy().tobytes())
+    raw["a.weight"] = torch.frombuffer(bytearray(damage(frame)), dtype=torch.uint8)
+    save_file(raw, str(path), metadata=meta)
+    with pytest.raises(Int8ExportError, match=message) as info:
+        read_file(path)
+    assert "a.weight" in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+    meta["coding"] = json.dumps({"a.weight": {"codec": "zstd", "shape": [40_001]}})  # a length it does not hold
+    raw["a.weight"] = torch.frombuffer(bytearray(frame), dtype=torch.uint8)
+    save_file(raw, str(path), metadata=meta)
+    with pytest.raises(Int8ExportError, match="40001 expected"):
+        read_file(path)
+    meta["coding"] = "{not json"
+    save_file(raw, str(path), metadata=meta)
+    with pytest.raises(Int8ExportError, match="'coding' metadata"):
+        read_file(path)
+
+
+def test_an_export_of_format_version_1_keeps_loading(exported_run: Path, tmp_path: Path):
+    """A version 1 file (every tensor as it is, no coding key), as exports were written before coded tensors."""
+    from safetensors.torch import save_file
+
+    tensors, meta = read_file(exported_run / WEIGHTS_FILE)
+    old = tmp_path / "v1"
+    shutil.copytree(exported_run, old)
+    del meta["coding"]
+    save_file(tensors, str(old / WEIGHTS_FILE), metadata={**meta, "format_version": "1"})
+    assert "coding" not in _raw_file(old / WEIGHTS_FILE)[1]
+    now = eval_in_process(exported_run / "config.yml", tmp_path / "v2.json")
+    before = eval_in_process(old / "config.yml", tmp_path / "v1.json")
+    assert (before["psnr"], before["ssim"]) == (now["psnr"], now["ssim"])

@@ -103,6 +103,25 @@ def test_decoder_reads_packed_sub_byte_codes(decoder):
         np.testing.assert_array_equal(decoder.unpack_codes(packed, bits, 1001), values.numpy())
 
 
+def test_decoder_reads_coded_tensors_and_version_1_files(decoder, tmp_path: Path):
+    from safetensors.torch import save_file
+
+    from nerfqat_plugin.int8_format import read_file, write_file
+
+    peaked = (torch.randn(20_000) * 5 + 100).round().clamp(0, 255).to(torch.uint8)
+    tensors = {"fine.trunk.0.weight": peaked, "fine.trunk.0.bias": torch.randn(5)}
+    path = tmp_path / WEIGHTS_FILE
+    write_file(path, tensors, {"architecture": {"num_layers": 1}, "quant": {"weight_bits": 8}})
+    assert json.loads(decoder.read_safetensors(str(path))[1]["coding"])  # the file does hold a coded tensor
+    ours = decoder.Int8File(str(path)).tensors
+    np.testing.assert_array_equal(ours["fine.trunk.0.weight"], peaked.numpy())
+    np.testing.assert_array_equal(ours["fine.trunk.0.bias"], tensors["fine.trunk.0.bias"].numpy())
+    decoded, meta = read_file(path)
+    del meta["coding"]
+    save_file(decoded, str(path), metadata={**meta, "format_version": "1"})
+    np.testing.assert_array_equal(decoder.Int8File(str(path)).tensors["fine.trunk.0.weight"], peaked.numpy())
+
+
 def _held_out_split(folder: Path) -> str:
     splits = json.loads((folder / "cameras.json").read_text())["splits"]
     return next(s for s in ("test", "val") if s in splits)

@@ -210,6 +210,24 @@ def test_nerfacto_qat_without_quantization_trains_as_nerfstudios_nerfacto_step_f
     assert sum(not torch.equal(v, initial[k]) for k, v in theirs.named_parameters()) > 10  # training moved them
 
 
+@pytest.mark.parametrize("quantize", ["all", "tables", "mlps"])
+def test_the_ablation_switch_quantizes_the_tables_or_the_mlps_alone(quantize: str):
+    from nerfqat_plugin.quant.mlp import QuantMLP
+
+    config = _tiny_config(NerfactoQATModelConfig, quant=QuantConfig(quant_start_step=2), quantize=quantize)
+    model = _model(NerfactoQATModel, config)
+    kinds = {"tables": QuantTable, "mlps": QuantMLP}
+    for step, started in ((1, False), (2, True)):
+        model.update_to_step(step)
+        for kind, cls in kinds.items():
+            modules = [
+                q for m in model.modules() if isinstance(m, cls) for q in m.modules() if hasattr(q, "quant_active")
+            ]
+            assert len(modules) >= 3
+            expected = started and quantize in ("all", kind)
+            assert all(q.quant_active == expected for q in modules), (step, kind)
+
+
 def test_nerfacto_qat_refuses_tinycudann_naming_the_setting():
     with pytest.raises(ValueError, match="implementation 'tcnn' is not supported"):
         _model(NerfactoQATModel, dataclasses.replace(_tiny_config(NerfactoQATModelConfig), implementation="tcnn"))

@@ -25,9 +25,9 @@ from nerfqat_plugin.offline import offline_lpips
 from nerfqat_plugin.qat_callbacks import apply_schedule, schedule_callbacks
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import MatmulMode
-from nerfqat_plugin.quant.layers import set_train_kernels
+from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.mlp import QuantMLP
-from nerfqat_plugin.quant.table import table_qmax
+from nerfqat_plugin.quant.table import QuantTable, table_qmax
 
 
 @dataclass
@@ -46,6 +46,9 @@ class NerfactoQATModelConfig(NerfactoModelConfig):
     """Fuse the MLPs' fake-quantization arithmetic with torch.compile (the same values; compiled on first use)."""
     quant_fast_matmul: MatmulMode = "auto"
     """How the fake-quantized MLP layers multiply (as nerf-qat's --pipeline.model.quant-fast-matmul)."""
+    quantize: Literal["all", "tables", "mlps"] = "all"
+    """What fake quantization covers once it starts: everything, or for an ablation the hash tables alone (fp32
+    MLPs) or the MLPs alone (fp32 tables)."""
 
     def __post_init__(self) -> None:
         table_qmax(self.table_bits)  # 2..8, said here rather than at the first step
@@ -95,6 +98,11 @@ class NerfactoQATModel(NerfactoModel):
     def update_to_step(self, step: int) -> None:
         """The QAT schedule (nerf-qat's, ``qat_callbacks.apply_schedule``), for the tables and the MLPs alike."""
         apply_schedule(self, self.config.quant, step)
+        if self.config.quantize != "all":  # an ablation: the other kind computes in fp32
+            kept = QuantTable if self.config.quantize == "tables" else QuantMLP
+            for module in self.modules():
+                if isinstance(module, (QuantTable, QuantMLP)) and not isinstance(module, kept):
+                    set_quant_state(module, active=False, observe=True)
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
