@@ -1,4 +1,4 @@
-"""ns-export-int8: write a trained nerf-qat run as integer weights in a small, self-contained nerfstudio run.
+"""ns-export-int8: a trained nerf-qat or nerfacto-qat run as integer weights in a self-contained nerfstudio run.
 
 The output directory holds ``model.safetensors`` (the integer weights, see ``int8_format``), ``cameras.json`` (the
 scene without its images, see ``scene_record``), a ``config.yml`` that ns-eval, ns-render and ns-viewer load, and a
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import tyro
@@ -36,6 +36,9 @@ from nerfqat_plugin.scene_record import (
     scene_record,
     sha256,
 )
+
+METHODS = ("nerf-qat", "nerfacto-qat")
+"""The methods whose runs export to integers."""
 
 
 def _folder_being_loaded() -> Optional[Path]:
@@ -98,13 +101,16 @@ class ExportInt8:
         from nerfstudio.utils.eval_utils import eval_setup
 
         from nerfqat_plugin.model import NeRFQATModel
+        from nerfqat_plugin.nerfacto.model import NerfactoQATModel
 
         if not self.load_config.is_file():
             raise FileNotFoundError(f"{self.load_config}: config file not found (pass the run's config.yml)")
         saved = yaml.load(self.load_config.read_text(), Loader=yaml.Loader)
-        if not isinstance(saved, TrainerConfig) or saved.method_name != "nerf-qat":
+        if not isinstance(saved, TrainerConfig) or saved.method_name not in METHODS:
             method = getattr(saved, "method_name", None)
-            raise ValueError(f"{self.load_config}: a config of method {method!r}, not nerf-qat (pass a nerf-qat run)")
+            raise ValueError(
+                f"{self.load_config}: a config of method {method!r}, not {' or '.join(METHODS)} (pass a run of one)"
+            )
         if isinstance(saved, Int8ExportTrainerConfig):
             raise ValueError(f"{self.load_config}: this run is already an integer export")
         out = self.output_dir
@@ -117,7 +123,12 @@ class ExportInt8:
 
         config, pipeline, ckpt_path, step = eval_setup(self.load_config, test_mode="inference")
         model = pipeline.model
-        assert isinstance(model, NeRFQATModel)
+        assert isinstance(model, (NeRFQATModel, NerfactoQATModel))
+        if isinstance(model, NerfactoQATModel) and model.config.quantize != "all":
+            raise ValueError(
+                f"{self.load_config}: trained with --pipeline.model.quantize {model.config.quantize} (an ablation): "
+                "only a run that quantizes tables and MLPs exports to integers"
+            )
         quant = model.config.quant
         if not quant.enabled or step < quant.quant_start_step:
             CONSOLE.print(
@@ -125,24 +136,20 @@ class ExportInt8:
                 f"step {step} < quant_start_step {quant.quant_start_step}): this export is post-training quantization"
                 " and will not match the run's own evaluation"
             )
-        tensors: Dict[str, torch.Tensor] = {}
-        for prefix, mlp in model.named_mlps.items():
-            tensors.update(mlp_tensors(mlp, prefix, quant))
-        if model.grid is not None:
-            tensors[GRID_TENSOR] = model.grid.packed()
+        tensors, arch, method_metadata = self._method_tensors(model)
 
         outputs = pipeline.datamanager.train_dataparser_outputs
         data = Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)
         record = record_bytes(scene_record(self._splits(pipeline.datamanager), data))
         metadata = {
-            "architecture": architecture(model.config, model.field_fine.encoding),
+            "architecture": arch,
             "quant": dataclasses.asdict(quant),
             "dataparser": {
                 "transform": outputs.dataparser_transform.tolist(),
                 "scale": float(outputs.dataparser_scale),
             },
             "scene": json.loads(record)["metadata"],
-            "render": model.render_settings(),
+            **method_metadata,
             "scene_record_sha256": sha256(record),
             "step": int(step),
             "source_checkpoint_sha256": sha256(Path(ckpt_path).read_bytes()),
@@ -170,6 +177,22 @@ class ExportInt8:
 
         self._print_table(tensors, stored, model, out_abs)
         return out_abs
+
+    @staticmethod
+    def _method_tensors(model) -> Tuple[Dict[str, torch.Tensor], Dict[str, object], Dict[str, object]]:
+        """(tensors, architecture, further metadata) of the export of a trained model of either method."""
+        from nerfqat_plugin.nerfacto import export as nerfacto_export
+        from nerfqat_plugin.nerfacto.model import NerfactoQATModel
+
+        if isinstance(model, NerfactoQATModel):
+            return nerfacto_export.export_tensors(model), nerfacto_export.architecture(model.config), {}
+        tensors: Dict[str, torch.Tensor] = {}
+        for prefix, mlp in model.named_mlps.items():
+            tensors.update(mlp_tensors(mlp, prefix, model.config.quant))
+        if model.grid is not None:
+            tensors[GRID_TENSOR] = model.grid.packed()
+        arch = architecture(model.config, model.field_fine.encoding)
+        return tensors, arch, {"render": model.render_settings()}
 
     @staticmethod
     def _splits(datamanager) -> Dict[str, Any]:
@@ -200,36 +223,44 @@ class ExportInt8:
 
     @staticmethod
     def _print_table(tensors: Dict[str, torch.Tensor], stored: Dict[str, int], model, folder: Path) -> None:
+        from nerfqat_plugin.nerfacto import export as nerfacto_export
+        from nerfqat_plugin.nerfacto.model import NerfactoQATModel
+
         path = folder / WEIGHTS_FILE
-        quant = model.config.quant
+        described: Dict[str, Tuple[str, str]] = {}  # tensor -> (shape, bits) where the dtype does not tell
+        if isinstance(model, NerfactoQATModel):
+            fp32 = float(nerfacto_export.fp32_bytes(model))
+            for name, line in nerfacto_export.table_summary(model).items():
+                shape, bits = line.split(" (", 1)
+                described[name] = (shape, "(" + bits)
+            mlps = {name + ".": mlp for name, mlp in nerfacto_export.quantized_parts(model)[1].items()}
+        else:
+            fp32 = model.size_metrics()["model_bytes_fp32"]
+            mlps = model.named_mlps
+            if model.grid is not None:
+                r = model.grid.resolution
+                described[GRID_TENSOR] = (
+                    f"{r}x{r}x{r}",
+                    f"bitfield, zlib ({model.grid.occupied_fraction():.1%} occupied)",
+                )
+        bits = model.config.quant.weight_bits
+        for prefix, mlp in mlps.items():
+            for name, m in mlp.named_modules():
+                if isinstance(m, QuantLinear):
+                    described[f"{prefix}{name}.weight"] = ("x".join(map(str, m.weight.shape)), f"{bits}-bit packed")
         table = Table(title=f"Integer export: {path}")
         for column in ("tensor", "shape", "dtype / bits", "bytes", "in the file (zstd where smaller)"):
             table.add_column(column)
-        shapes = {
-            f"{prefix}{name}.weight": tuple(m.weight.shape)
-            for prefix, mlp in model.named_mlps.items()
-            for name, m in mlp.named_modules()
-            if isinstance(m, QuantLinear)
-        }
-        grid = model.grid
         for name, t in tensors.items():
-            packed = name in shapes
-            bits = f"{quant.weight_bits}-bit packed" if packed else str(t.dtype).replace("torch.", "")
-            shape = "x".join(map(str, shapes[name] if packed else t.shape))
-            if name == GRID_TENSOR:
-                r = grid.resolution
-                bits = f"bitfield, zlib ({grid.occupied_fraction():.1%} occupied)"
-                shape = f"{r}x{r}x{r}"
-            table.add_row(name, shape, bits, f"{t.numel() * t.element_size():,}", f"{stored[name]:,}")
+            shape, kind = described.get(name, ("x".join(map(str, t.shape)), str(t.dtype).replace("torch.", "")))
+            table.add_row(name, shape, kind, f"{t.numel() * t.element_size():,}", f"{stored[name]:,}")
         CONSOLE.print(table)
         size = path.stat().st_size
-        fp32 = model.size_metrics()["model_bytes_fp32"]
         raw = sum(t.numel() * t.element_size() for t in tensors.values())
         CONSOLE.print(
             f"{path.name}: {size:,} bytes ({size / 1e6:.3f} MB; tensors {raw:,} bytes raw, {sum(stored.values()):,} "
-            f"coded) vs fp32 weights {fp32:,.0f} bytes "
-            f"({fp32 / 1e6:.3f} MB): {fp32 / size:.2f}x smaller; {RECORD_FILE} (cameras, no images): "
-            f"{(folder / RECORD_FILE).stat().st_size:,} bytes"
+            f"coded) vs fp32 weights {fp32:,.0f} bytes ({fp32 / 1e6:.3f} MB): {fp32 / size:.2f}x smaller; "
+            f"{RECORD_FILE} (cameras, no images): {(folder / RECORD_FILE).stat().st_size:,} bytes"
         )
 
 

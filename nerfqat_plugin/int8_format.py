@@ -80,14 +80,7 @@ def load_weights(
     found = decode(metadata, "architecture")
     if found != arch:
         raise Int8ExportError(f"{path}: architecture {found} does not match the config's {arch}")
-    spec = decode(metadata, "quant")
-    if (spec.get("weight_bits"), spec.get("activation_bits"), spec.get("fused")) != (
-        quant.weight_bits,
-        quant.activation_bits,
-        quant.fused,
-    ):
-        raise Int8ExportError(f"{path}: quantization {spec} does not match the config's")
-    file_quant = QuantConfig(**spec)
+    file_quant = check_quant(metadata, quant, path)
     found_mlps = [p for p in PREFIXES if any(k.startswith(p) for k in tensors)]
     if found_mlps != list(mlps):
         raise Int8ExportError(
@@ -97,6 +90,19 @@ def load_weights(
         load_mlp_tensors(mlp, tensors, prefix, file_quant, path)
         set_kernel(mlp, kernel, compile)
     return tensors
+
+
+def check_quant(metadata: Dict[str, str], quant: QuantConfig, path: Path) -> QuantConfig:
+    """The file's quantization spec, checked against the config's (bits and fusing); ``Int8ExportError`` if they
+    differ."""
+    spec = decode(metadata, "quant")
+    if (spec.get("weight_bits"), spec.get("activation_bits"), spec.get("fused")) != (
+        quant.weight_bits,
+        quant.activation_bits,
+        quant.fused,
+    ):
+        raise Int8ExportError(f"{path}: quantization {spec} does not match the config's")
+    return QuantConfig(**spec)
 
 
 def mlp_tensors(mlp: nn.Module, prefix: str, quant: QuantConfig) -> Dict[str, Tensor]:

@@ -118,3 +118,41 @@ def moved_llff_export(tmp_path_factory) -> Path:
     shutil.copytree(work / "export", moved)
     shutil.rmtree(work)
     return moved
+
+
+NERFACTO_TINY = [
+    "--pipeline.datamanager.train-num-rays-per-batch", "64",
+    "--pipeline.model.eval-num-rays-per-chunk", "1024",
+    "--pipeline.model.num-levels", "4",
+    "--pipeline.model.log2-hashmap-size", "10",
+    "--pipeline.model.max-res", "64",
+    "--pipeline.model.hidden-dim", "16",
+    "--pipeline.model.hidden-dim-color", "16",
+    "--pipeline.model.num-nerf-samples-per-ray", "8",
+    "--pipeline.model.num-proposal-samples-per-ray", "8", "8",
+    "--pipeline.model.table-bits", "4",
+    "--pipeline.model.quant.quant-start-step", "4",
+    "--pipeline.model.quant-compile", "False",
+]  # fmt: skip
+"""ns-train flags of a tiny nerfacto-qat model (4 levels of 2^10 rows, 4-bit tables, QAT from step 4)."""
+
+
+@pytest.fixture(scope="session")
+def nerfacto_run(tmp_path_factory, blender_scene) -> Path:
+    """config.yml of a 12-step tiny nerfacto-qat run by ns-train on the tiny Blender scene (shared, do not modify)."""
+    work = tmp_path_factory.mktemp("nerfacto-run")
+    args = [
+        "nerfacto-qat", "--machine.device-type", "cpu", "--vis", "tensorboard",
+        "--output-dir", str(work / "outputs"), "--experiment-name", "tiny",
+        "--max-num-iterations", "12", "--steps-per-save", "12", "--steps-per-eval-batch", "1000",
+        "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "1000",
+        *NERFACTO_TINY, "blender-data", "--data", str(blender_scene),
+    ]  # fmt: skip
+    run_ns("ns-train", *args, cwd=work)
+    return find_config(work / "outputs", "tiny", "nerfacto-qat")
+
+
+@pytest.fixture(scope="session")
+def nerfacto_export(tmp_path_factory, nerfacto_run: Path) -> Path:
+    """Directory of ``nerfacto_run``'s integer export (shared, do not modify)."""
+    return _int8_export(tmp_path_factory, "nerfacto-export", nerfacto_run)

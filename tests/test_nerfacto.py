@@ -20,7 +20,7 @@ from nerfqat_plugin.offline import offline_lpips
 from nerfqat_plugin.quant import QuantConfig, set_quant_state
 from nerfqat_plugin.quant.layers import ActQuantizer
 from nerfqat_plugin.quant.table import QuantTable
-from tests.conftest import eval_in_process, find_config, run_ns
+from tests.conftest import eval_in_process
 
 LEVELS = dict(num_levels=4, min_res=4, max_res=32, log2_hashmap_size=8, features_per_level=2)
 
@@ -235,34 +235,8 @@ def test_nerfacto_qat_refuses_tinycudann_naming_the_setting():
         NerfactoQATModelConfig(table_bits=9)
 
 
-def test_ns_train_nerfacto_qat_on_cpu_quantizes_and_its_checkpoint_evaluates(tmp_path: Path, blender_scene: Path):
-    args = [
-        "nerfacto-qat",
-        "--machine.device-type", "cpu",
-        "--vis", "tensorboard",
-        "--output-dir", str(tmp_path / "outputs"),
-        "--experiment-name", "tiny",
-        "--max-num-iterations", "12",
-        "--steps-per-save", "12",
-        "--steps-per-eval-batch", "1000",
-        "--steps-per-eval-image", "1000",
-        "--steps-per-eval-all-images", "1000",
-        "--pipeline.datamanager.train-num-rays-per-batch", "64",
-        "--pipeline.model.eval-num-rays-per-chunk", "1024",
-        "--pipeline.model.num-levels", "4",
-        "--pipeline.model.log2-hashmap-size", "10",
-        "--pipeline.model.max-res", "64",
-        "--pipeline.model.hidden-dim", "16",
-        "--pipeline.model.hidden-dim-color", "16",
-        "--pipeline.model.num-nerf-samples-per-ray", "8",
-        "--pipeline.model.num-proposal-samples-per-ray", "8", "8",
-        "--pipeline.model.table-bits", "4",
-        "--pipeline.model.quant.quant-start-step", "4",
-        "--pipeline.model.quant-compile", "False",
-        "blender-data", "--data", str(blender_scene),
-    ]  # fmt: skip
-    run_ns("ns-train", *args, cwd=tmp_path)
-    config = find_config(tmp_path / "outputs", "tiny", "nerfacto-qat")
+def test_ns_train_nerfacto_qat_on_cpu_quantizes_and_its_checkpoint_evaluates(tmp_path: Path, nerfacto_run: Path):
+    config = nerfacto_run
     checkpoint = next((config.parent / "nerfstudio_models").glob("step-*.ckpt"))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
     calibrated = [k for k in state if k.endswith("table.calibrated")]

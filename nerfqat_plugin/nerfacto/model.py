@@ -11,6 +11,7 @@ before, as nerf-qat). tinycudann's fused hash grid and MLPs are not used: they c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Literal, Optional, Sequence, Type
 
 import torch
@@ -21,10 +22,11 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import nn
 
 from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
+from nerfqat_plugin.nerfacto.export import load_export
 from nerfqat_plugin.offline import offline_lpips
 from nerfqat_plugin.qat_callbacks import apply_schedule, schedule_callbacks
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.dispatch import MatmulMode
+from nerfqat_plugin.quant.dispatch import Kernel, MatmulMode
 from nerfqat_plugin.quant.layers import set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.mlp import QuantMLP
 from nerfqat_plugin.quant.table import QuantTable, table_qmax
@@ -46,6 +48,13 @@ class NerfactoQATModelConfig(NerfactoModelConfig):
     """Fuse the MLPs' fake-quantization arithmetic with torch.compile (the same values; compiled on first use)."""
     quant_fast_matmul: MatmulMode = "auto"
     """How the fake-quantized MLP layers multiply (as nerf-qat's --pipeline.model.quant-fast-matmul)."""
+    int8_weights: Optional[Path] = None
+    """Integer export file to render from (ns-export-int8 sets it): the tables hold its codes times their steps and
+    the MLPs run on its integer weights."""
+    int8_kernel: Kernel = "auto"
+    """Integer matmul of an export's MLPs (as nerf-qat's --pipeline.model.int8-kernel)."""
+    int8_compile: bool = True
+    """Fuse the integer layers' elementwise steps with torch.compile (as nerf-qat's --pipeline.model.int8-compile)."""
     quantize: Literal["all", "tables", "mlps"] = "all"
     """What fake quantization covers once it starts: everything, or for an ablation the hash tables alone (fp32
     MLPs) or the MLPs alone (fp32 tables)."""
@@ -77,6 +86,8 @@ class NerfactoQATModel(NerfactoModel):
         with torch.random.fork_rng(devices=[]):
             self._quantize_modules()
         set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
+        if cfg.int8_weights is not None:
+            load_export(self, Path(cfg.int8_weights), cfg.int8_kernel, cfg.int8_compile)
         self.update_to_step(0)
 
     def _quantize_modules(self) -> None:
@@ -96,7 +107,10 @@ class NerfactoQATModel(NerfactoModel):
             network.mlp_base = nn.Sequential(network.encoding, quantized_mlp(mlp, quant))
 
     def update_to_step(self, step: int) -> None:
-        """The QAT schedule (nerf-qat's, ``qat_callbacks.apply_schedule``), for the tables and the MLPs alike."""
+        """The QAT schedule (nerf-qat's, ``qat_callbacks.apply_schedule``), for the tables and the MLPs alike; an
+        export's model has nothing to schedule (its tables hold their values, its MLPs are integer)."""
+        if self.config.int8_weights is not None:
+            return
         apply_schedule(self, self.config.quant, step)
         if self.config.quantize != "all":  # an ablation: the other kind computes in fp32
             kept = QuantTable if self.config.quantize == "tables" else QuantMLP
