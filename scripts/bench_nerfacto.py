@@ -159,6 +159,7 @@ class BenchNerfacto:
             bits, quantize = VARIANTS[variant]
             config = self._config(dataparser, work / _slug(variant), bits, quantize, variant == "nerfacto")
             seed_everything(0)
+            config.save_config()  # config.yml, as ns-train writes it (the exporter reads it)
             trainer = config.setup(local_rank=0, world_size=1)
             trainer.setup()
             seconds = 0.0
@@ -166,11 +167,21 @@ class BenchNerfacto:
                 start = time.perf_counter()
                 train_step(trainer, step)
                 seconds += time.perf_counter() - start
-            out["variants"][variant] = {"train_s": seconds, **evaluate(trainer.pipeline)}  # type: ignore[index]
-            print(f"  {json.dumps(out['variants'][variant])}", flush=True)  # type: ignore[index]
-            self._write(result)
+            trainer.save_checkpoint(self.steps - 1)
             del trainer
             gc.collect()
+            # evaluated as ns-eval evaluates: loaded from its checkpoint (nerfstudio's proposal-weight annealing is
+            # a training callback's state, which a loaded model starts without: an in-memory model renders otherwise)
+            config_file = Path(config.get_base_dir()) / "config.yml"
+            entry = {"train_s": seconds, **evaluate(load_pipeline(config_file))}
+            out["variants"][variant] = entry  # type: ignore[index]
+            print(f"  {json.dumps(entry)}", flush=True)
+            self._write(result)
+            gc.collect()
+            if bits is not None and quantize == "all":  # the integer export of the run, measured the same way
+                entry["export"] = export_and_evaluate(config_file, work / "exports" / _slug(variant))
+                print(f"  export: {json.dumps(entry['export'])}", flush=True)
+                self._write(result)
 
 
 def _slug(name: str) -> str:
@@ -199,6 +210,34 @@ def evaluate(pipeline) -> Dict[str, object]:
         entry["code_bytes"] = sum(quantized_nbytes(part, config) for part in parts)
         entry["tables"] = table_statistics(parts)
     return entry
+
+
+def load_pipeline(config: Path):
+    """The pipeline of a saved run or export, loaded as ns-eval loads it."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")
+    return pipeline
+
+
+def export_and_evaluate(config: Path, folder: Path) -> Dict[str, object]:
+    """Export a run into ``folder`` with ns-export-int8's entry point, then held-out PSNR / SSIM / rays/s of the
+    export (loaded alone, as ns-eval loads it) and its bytes: the file, and its tensors raw."""
+    from nerfqat_plugin.export import ExportInt8
+    from nerfqat_plugin.int8_format import read_file
+
+    out = ExportInt8(load_config=config, output_dir=folder, overwrite=True).run()
+    pipeline = load_pipeline(out / "config.yml")
+    pipeline.eval()
+    metrics = pipeline.get_average_eval_image_metrics()
+    tensors, _ = read_file(out / "model.safetensors")
+    return {
+        "psnr": float(metrics["psnr"]),
+        "ssim": float(metrics["ssim"]),
+        "rays_per_s": float(metrics["num_rays_per_sec"]),
+        "file_bytes": (out / "model.safetensors").stat().st_size,
+        "raw_tensor_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+    }
 
 
 def table_statistics(parts) -> Dict[str, float]:
@@ -236,8 +275,10 @@ def report(result: Dict) -> str:
         "",
         "Code bytes are computed from the model's tensors (tables at their bits plus a step per level, MLP weights at "
         "8 bits with bf16 scales and fp32 biases, activation ranges; the appearance embedding is left out, as "
-        "rendering uses its mean, 32 floats): nerfacto-qat has no integer export yet. Tables: the hash tables' packed "
-        "codes, their order-0 entropy (a bound for one fixed code distribution per table), zlib -9 of each table.",
+        "rendering uses its mean, 32 floats). Tables: the hash tables' packed codes, their order-0 entropy (a bound "
+        "for one fixed code distribution per table), zlib -9 of each table. Every run is evaluated loaded from its "
+        "checkpoint, as ns-eval evaluates it, in this process. Exports: ns-export-int8's file (tensors "
+        "Zstandard-coded where smaller) loaded alone and evaluated the same way.",
     ]
     for scene, s in result["scenes"].items():
         base = s["variants"].get("nerfacto")
@@ -258,6 +299,24 @@ def report(result: Dict) -> str:
                 f"{e['rays_per_s']:,.0f} | {e['fp32_bytes'] / 1e6:.2f} | "
                 f"{'' if code is None else f'{code / 1e6:.3f}'} | {ratio} | {_tables_cell(e.get('tables'))} |"
             )
+        exported = {name: e for name, e in s["variants"].items() if "export" in e}
+        if exported:
+            lines += [
+                "",
+                "| integer export of | PSNR | vs fake-quantized | vs nerfacto | SSIM | eval rays/s | vs nerfacto fp32 "
+                "| file MB (coded) | tensors raw MB | file / nerfacto fp32 |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, e in exported.items():
+                x = e["export"]
+                vs = f"{x['psnr'] - base['psnr']:+.2f}" if base else ""
+                speed = f"{x['rays_per_s'] / base['rays_per_s']:.2f}x" if base else ""
+                share = f"{x['file_bytes'] / base['fp32_bytes']:.3f}" if base else ""
+                lines.append(
+                    f"| {name} | {x['psnr']:.2f} | {x['psnr'] - e['psnr']:+.3f} | {vs} | {x['ssim']:.3f} | "
+                    f"{x['rays_per_s']:,.0f} | {speed} | {x['file_bytes'] / 1e6:.3f} | "
+                    f"{x['raw_tensor_bytes'] / 1e6:.3f} | {share} |"
+                )
     return "\n".join(lines) + "\n"
 
 
