@@ -138,3 +138,11 @@ def test_viewer_opens_a_moved_int8_export_of_a_forward_facing_scene_on_a_trainin
     assert start.index == 3
     view = camera_view(cameras.camera_to_worlds[start.index], start.vertical_fov)
     _check_viewer(moved_llff_export / "config.yml", pipeline.model, tmp_path, "viewer-int8", ("rgb", "depth"), view)
+
+
+def test_viewer_shows_a_nerfacto_qat_export(nerfacto_export: Path, tmp_path: Path):
+    """nerfacto-qat's integer export (tables of codes, integer MLPs) in the viewer: what the export renders."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(nerfacto_export / "config.yml", test_mode="inference")
+    _check_viewer(nerfacto_export / "config.yml", pipeline.model, tmp_path, "viewer-nerfacto-int8", ("rgb",))
