@@ -2,7 +2,8 @@
 
 For each input, the integer codes it holds are coded tensor by tensor, as the export stores them:
 
-- a nerf-qat export (``model.safetensors``): the packed weight codes of every Linear;
+- an export (``model.safetensors``): the packed weight codes of every Linear, and a nerfacto-qat export's hash
+  tables;
 - a nerfacto-qat checkpoint (``step-*.ckpt``): the codes of every hash table (``QuantTable.codes()``, each table
   once), packed at the table's bits.
 
@@ -38,16 +39,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def export_codes(path: Path) -> List[Tuple[str, np.ndarray, int]]:
-    """(name, codes as unsigned values, bits) of every Linear's weight in a nerf-qat export."""
+    """(name, codes as unsigned values, bits) of every Linear's weight and every hash table (nerfacto-qat) in an
+    export."""
     from nerfqat_plugin.int8_format import decode, read_file
     from nerfqat_plugin.quant.pack import unpack_bits
 
     tensors, metadata = read_file(path)
-    bits = int(decode(metadata, "quant")["weight_bits"])
+    weight_bits = int(decode(metadata, "quant")["weight_bits"])
+    table_bits = decode(metadata, "architecture").get("table_bits")
     out = []
     for name, t in tensors.items():
-        if name.endswith(".weight"):
-            count = t.numel() * 8 // bits
+        bits = weight_bits if name.endswith(".weight") else table_bits if name.endswith(".codes") else None
+        if bits is not None:
+            count = t.numel() * 8 // bits  # a partial last byte holds no whole code
             out.append((name, unpack_bits(t, bits, count).numpy(), bits))
     return out
 

@@ -36,16 +36,17 @@ from nerfqat_plugin.tools.runs import machine, machine_line, seed_everything, tr
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
-VARIANTS: Dict[str, Tuple[Optional[int], str]] = {
-    "nerfacto": (None, "all"),
-    "nerfacto-qat, quantization off": (None, "all"),
-    "tables 8 bit, w8a8 MLPs": (8, "all"),
-    "tables 8 bit, fp32 MLPs": (8, "tables"),
-    "fp32 tables, w8a8 MLPs": (8, "mlps"),
-    "tables 4 bit, w8a8 MLPs": (4, "all"),
-    "tables 2 bit, w8a8 MLPs": (2, "all"),
+VARIANTS: Dict[str, Optional[Dict[str, object]]] = {
+    "nerfacto": None,
+    "nerfacto-qat, quantization off": None,
+    "tables 8 bit, w8a8 MLPs": {"table_bits": 8},
+    "tables 8 bit, fp32 MLPs": {"table_bits": 8, "quantize": "tables"},
+    "fp32 tables, w8a8 MLPs": {"table_bits": 8, "quantize": "mlps"},
+    "tables 8 bit, w8a8 MLPs, a range per level": {"table_bits": 8, "input_range_per_level": True},
+    "tables 4 bit, w8a8 MLPs": {"table_bits": 4},
+    "tables 2 bit, w8a8 MLPs": {"table_bits": 2},
 }
-"""Variant name -> (table bits or None for no quantization, what is quantized: the model's ``quantize``)."""
+"""Variant name -> nerfacto-qat model settings with quantization on (None: quantization off)."""
 DEFAULT_VARIANTS = (
     "nerfacto",
     "nerfacto-qat, quantization off",
@@ -121,7 +122,7 @@ class BenchNerfacto:
             return BlenderDataParserConfig(data=data), "object in a box, Blender format, 64x64, 24+6+6 views"
         raise ValueError(f"unknown scene {scene!r} (fern or object)")
 
-    def _config(self, dataparser, work: Path, bits: Optional[int], quantize: str, nerfstudio: bool):
+    def _config(self, dataparser, work: Path, settings: Optional[Dict[str, object]], nerfstudio: bool):
         from nerfstudio.models.nerfacto import NerfactoModelConfig
 
         from nerfqat_plugin.registration import nerfacto_qat
@@ -133,10 +134,10 @@ class BenchNerfacto:
         model = config.pipeline.model
         model.log2_hashmap_size = self.log2_hashmap_size
         model.eval_num_rays_per_chunk = 4096
-        model.quant.enabled = bits is not None
+        model.quant.enabled = settings is not None
         model.quant.quant_start_step = self.quant_start_step
-        model.table_bits = bits or 8
-        model.quantize = quantize  # type: ignore[assignment]
+        for name, value in (settings or {}).items():
+            setattr(model, name, value)
         if not hasattr(dataparser, "ndc"):  # Blender: a white background, as nerfstudio's blender runs
             model.background_color = "white"
         if nerfstudio:  # the same settings on nerfstudio's own model class
@@ -156,8 +157,8 @@ class BenchNerfacto:
         result["scenes"][scene] = out
         for variant in self.variants:
             print(f"[{scene}] training {variant}", flush=True)
-            bits, quantize = VARIANTS[variant]
-            config = self._config(dataparser, work / _slug(variant), bits, quantize, variant == "nerfacto")
+            settings = VARIANTS[variant]
+            config = self._config(dataparser, work / _slug(variant), settings, variant == "nerfacto")
             seed_everything(0)
             config.save_config()  # config.yml, as ns-train writes it (the exporter reads it)
             trainer = config.setup(local_rank=0, world_size=1)
@@ -178,7 +179,7 @@ class BenchNerfacto:
             print(f"  {json.dumps(entry)}", flush=True)
             self._write(result)
             gc.collect()
-            if bits is not None and quantize == "all":  # the integer export of the run, measured the same way
+            if settings is not None and settings.get("quantize", "all") == "all":  # its export, measured the same way
                 entry["export"] = export_and_evaluate(config_file, work / "exports" / _slug(variant))
                 print(f"  export: {json.dumps(entry['export'])}", flush=True)
                 self._write(result)

@@ -228,6 +228,21 @@ def test_the_ablation_switch_quantizes_the_tables_or_the_mlps_alone(quantize: st
             assert all(q.quant_active == expected for q in modules), (step, kind)
 
 
+def test_per_level_input_ranges_give_each_level_of_features_its_own_quantizer():
+    config = _tiny_config(NerfactoQATModelConfig, quant=QuantConfig(quant_start_step=0), input_range_per_level=True)
+    model = _model(NerfactoQATModel, config)
+    base = model.field.mlp_base[1]
+    assert base.in_splits == (2,) * 4 and len(base.input_quant) == 4
+    assert all(len(n.mlp_base[1].input_quant) == 3 for n in model.proposal_networks)
+    model.train()
+    model(_rays())  # the observers see one batch
+    model.eval()
+    with torch.no_grad():
+        features = model.field.mlp_base[0](torch.rand(64, 3))
+    ranges = torch.stack([q.max_val - q.min_val for q in base.input_quant])
+    assert bool((ranges > 0).all()) and features.shape[-1] == 8
+
+
 def test_nerfacto_qat_refuses_tinycudann_naming_the_setting():
     with pytest.raises(ValueError, match="implementation 'tcnn' is not supported"):
         _model(NerfactoQATModel, dataclasses.replace(_tiny_config(NerfactoQATModelConfig), implementation="tcnn"))

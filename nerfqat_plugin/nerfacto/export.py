@@ -48,6 +48,7 @@ ARCHITECTURE_FIELDS = (
     "use_same_proposal_network",
     "proposal_net_args_list",
     "table_bits",
+    "input_range_per_level",
 )
 """Model config fields that fix the export's tensors (recorded in the file, checked when it is loaded)."""
 APPEARANCE = "field.appearance_mean"

@@ -55,6 +55,9 @@ class NerfactoQATModelConfig(NerfactoModelConfig):
     """Integer matmul of an export's MLPs (as nerf-qat's --pipeline.model.int8-kernel)."""
     int8_compile: bool = True
     """Fuse the integer layers' elementwise steps with torch.compile (as nerf-qat's --pipeline.model.int8-compile)."""
+    input_range_per_level: bool = False
+    """Quantize the hash features entering each MLP with a range per level (coarse levels' features are larger than
+    fine ones'), rather than one range over all levels."""
     quantize: Literal["all", "tables", "mlps"] = "all"
     """What fake quantization covers once it starts: everything, or for an ablation the hash tables alone (fp32
     MLPs) or the MLPs alone (fp32 tables)."""
@@ -94,7 +97,8 @@ class NerfactoQATModel(NerfactoModel):
         """Each hash grid and MLP nerfstudio built, replaced by its quantized twin with the same values."""
         quant, bits = self.config.quant, self.config.table_bits
         f = self.field
-        f.mlp_base = quantized_hash_mlp(f.mlp_base, quant, bits)
+        per_level = self.config.input_range_per_level
+        f.mlp_base = quantized_hash_mlp(f.mlp_base, quant, bits, per_level)
         head_splits = [f.direction_encoding.get_out_dim(), f.geo_feat_dim]
         if f.embedding_appearance is not None:
             head_splits.append(f.appearance_embedding_dim)
@@ -104,7 +108,8 @@ class NerfactoQATModel(NerfactoModel):
                 raise ValueError("nerfacto-qat: proposal networks with use_linear are not supported")
             encoding, mlp = network.mlp_base
             network.encoding = quantized_hash_encoding(encoding, int(network.max_res), bits)
-            network.mlp_base = nn.Sequential(network.encoding, quantized_mlp(mlp, quant))
+            splits = _level_splits(network.encoding) if per_level else None
+            network.mlp_base = nn.Sequential(network.encoding, quantized_mlp(mlp, quant, splits))
 
     def update_to_step(self, step: int) -> None:
         """The QAT schedule (nerf-qat's, ``qat_callbacks.apply_schedule``), for the tables and the MLPs alike; an
@@ -156,9 +161,17 @@ def quantized_hash_encoding(encoding: HashEncoding, max_res: int, bits: int) -> 
     return out
 
 
-def quantized_hash_mlp(module: MLPWithHashEncoding, quant: QuantConfig, bits: int) -> nn.Sequential:
+def _level_splits(encoding: HashEncoding) -> List[int]:
+    """The hash encoding's output as one part per level (its features are level-major)."""
+    return [encoding.features_per_level] * encoding.num_levels
+
+
+def quantized_hash_mlp(
+    module: MLPWithHashEncoding, quant: QuantConfig, bits: int, per_level: bool = False
+) -> nn.Sequential:
     """nerfstudio's torch ``MLPWithHashEncoding`` (a hash grid, then an MLP) with both quantized."""
     if module.tcnn_encoding is not None or not hasattr(module, "model"):
         raise ValueError("nerfacto-qat: a tinycudann hash grid cannot be quantized (use implementation torch)")
     encoding, mlp = module.model
-    return nn.Sequential(quantized_hash_encoding(encoding, module.max_res, bits), quantized_mlp(mlp, quant))
+    grid = quantized_hash_encoding(encoding, module.max_res, bits)
+    return nn.Sequential(grid, quantized_mlp(mlp, quant, _level_splits(grid) if per_level else None))
