@@ -1,13 +1,14 @@
-"""Reference decoder of nerf-qat's integer export (docs/int8-format.md), in NumPy (and zstandard for coded tensors).
+"""Reference decoder of nerf-qat's integer export (docs/int8-format.md), in NumPy (and lzma / zstandard).
 
     python docs/int8_decoder.py exports/fern-int8/model.safetensors
     python docs/int8_decoder.py exports/fern-int8 --render test 0 fern-test-0.png
 
-reads the file without any library but NumPy (the safetensors container is parsed by hand; the ``zstandard``
-package decodes the Zstandard frames of coded tensors, format version 2), unpacks the weight codes and runs the
-coarse and fine networks with exactly the integer arithmetic the specification gives, printing the density and
-colour of a few points; with ``--render``, renders a view of the export folder's camera record (``cameras.json``)
-from the folder alone, as section 5 of the specification says, and writes it as a PNG.
+reads the file without any library but NumPy (the safetensors container is parsed by hand; coded tensors, format
+version 2, are XZ streams, which Python's lzma decodes, or Zstandard frames, which the zstandard package decodes),
+unpacks the weight codes and runs the coarse and fine networks with exactly the integer arithmetic the
+specification gives, printing the density and colour of a few points; with ``--render``, renders a view of the
+export folder's camera record (``cameras.json``) from the folder alone, as section 5 of the specification says, and
+writes it as a PNG.
 ``Int8File(path).network("fine.").forward(positions, directions)`` and ``render_view(folder, split, index)`` are the
 same as functions; every activation code is returned too, to check another implementation against, code by code.
 """
@@ -189,16 +190,20 @@ class Network:
 
 
 def decode_coded(tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> None:
-    """Replace each coded tensor (format version 2, section 1.1) by the bytes its Zstandard frame holds."""
-    coded = json.loads(metadata.get("coding", "{}"))
-    if coded:
-        import zstandard  # a standard frame (RFC 8878): any Zstandard implementation decodes it
+    """Replace each coded tensor (format version 2, section 1.1) by the bytes its stream holds: an XZ stream
+    (Python's lzma) or a Zstandard frame (the zstandard package)."""
+    for name, spec in json.loads(metadata.get("coding", "{}")).items():
+        stream, nbytes = tensors[name].tobytes(), int(np.prod(spec["shape"]))
+        if spec["codec"] == "xz":
+            import lzma
 
-    for name, spec in coded.items():
-        if spec["codec"] != "zstd":
+            data = lzma.decompress(stream, format=lzma.FORMAT_XZ)
+        elif spec["codec"] == "zstd":
+            import zstandard  # a standard frame (RFC 8878): any Zstandard implementation decodes it
+
+            data = zstandard.ZstdDecompressor().decompress(stream, max_output_size=nbytes)
+        else:
             raise ValueError(f"{name}: unknown codec {spec['codec']!r}")
-        nbytes = int(np.prod(spec["shape"]))
-        data = zstandard.ZstdDecompressor().decompress(tensors[name].tobytes(), max_output_size=nbytes)
         if len(data) != nbytes:
             raise ValueError(f"{name}: decoded {len(data)} bytes, {nbytes} expected")
         tensors[name] = np.frombuffer(data, dtype=np.uint8).reshape(spec["shape"])

@@ -230,9 +230,7 @@ class ExportInt8:
         described: Dict[str, Tuple[str, str]] = {}  # tensor -> (shape, bits) where the dtype does not tell
         if isinstance(model, NerfactoQATModel):
             fp32 = float(nerfacto_export.fp32_bytes(model))
-            for name, line in nerfacto_export.table_summary(model).items():
-                shape, bits = line.split(" (", 1)
-                described[name] = (shape, "(" + bits)
+            described.update(nerfacto_export.table_summary(model))
             mlps = {name + ".": mlp for name, mlp in nerfacto_export.quantized_parts(model)[1].items()}
         else:
             fp32 = model.size_metrics()["model_bytes_fp32"]
@@ -249,7 +247,7 @@ class ExportInt8:
                 if isinstance(m, QuantLinear):
                     described[f"{prefix}{name}.weight"] = ("x".join(map(str, m.weight.shape)), f"{bits}-bit packed")
         table = Table(title=f"Integer export: {path}")
-        for column in ("tensor", "shape", "dtype / bits", "bytes", "in the file (zstd where smaller)"):
+        for column in ("tensor", "shape", "dtype / bits", "bytes", "in the file (coded where smaller)"):
             table.add_column(column)
         for name, t in tensors.items():
             shape, kind = described.get(name, ("x".join(map(str, t.shape)), str(t.dtype).replace("torch.", "")))

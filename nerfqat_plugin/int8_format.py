@@ -14,9 +14,10 @@ Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``datap
 ``render``: the model's ``render_settings``, absent in exports made before it),
 ``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``, and ``coding``.
 
-Version 2 stores every uint8 tensor that codes smaller as a Zstandard frame (``coding``), its name and dtype
-unchanged and its shape the frame's length; ``coding`` (JSON) maps each coded tensor to ``{"codec": "zstd",
-"shape": [...]}``, the shape it decodes to. Version 1 files (no coding) keep loading.
+Version 2 stores every uint8 tensor that codes smaller as an XZ stream or a Zstandard frame, whichever is smaller
+(``coding``), its name and dtype unchanged and its shape the stream's length; ``coding`` (JSON) maps each coded
+tensor to ``{"codec": "xz" or "zstd", "shape": [...]}``, the shape it decodes to. Version 1 files (no coding) keep
+loading.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def _check_shape(tensors: Dict[str, Tensor], key: str, shape: Tuple[int, ...], p
 
 
 def write_file(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, Any], code: bool = True) -> Dict[str, int]:
-    """Write tensors and metadata (values JSON-encoded unless already strings), each uint8 tensor as a Zstandard
-    frame where that is smaller (``code``); atomic: temp file, then rename. The bytes each tensor takes in the file."""
+    """Write tensors and metadata (values JSON-encoded unless already strings), each uint8 tensor coded where that
+    is smaller (``code``: ``coding.encode``); atomic: temp file, then rename. The bytes each tensor takes in the
+    file."""
     from safetensors.torch import save_file
 
     stored: Dict[str, Tensor] = {}
@@ -174,10 +176,10 @@ def write_file(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, Any],
     for name, t in tensors.items():
         stored[name] = t
         if code and t.dtype == torch.uint8 and t.numel():
-            frame = coding.encode(t.contiguous().numpy().tobytes())
-            if len(frame) < t.numel():
-                stored[name] = torch.frombuffer(bytearray(frame), dtype=torch.uint8)
-                coded[name] = {"codec": coding.CODEC, "shape": list(t.shape)}
+            codec, stream = coding.encode(t.contiguous().numpy().tobytes())
+            if len(stream) < t.numel():
+                stored[name] = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+                coded[name] = {"codec": codec, "shape": list(t.shape)}
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
     meta.update({k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in metadata.items()})
     meta["coding"] = json.dumps(coded, separators=(",", ":"))
@@ -225,11 +227,9 @@ def _decode_tensors(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, 
         frame = tensors.get(name)
         if frame is None or frame.dtype != torch.uint8 or frame.dim() != 1:
             raise Int8ExportError(f"{path}: coded tensor {name!r} is missing or not a byte stream (re-export)")
-        if codec != coding.CODEC:
-            raise Int8ExportError(f"{path}: tensor {name!r} is coded with {codec!r}; this nerf-qat reads 'zstd'")
         nbytes = math.prod(shape)
         try:
-            data = coding.decode(frame.numpy().tobytes(), nbytes)
+            data = coding.decode(codec, frame.numpy().tobytes(), nbytes)
         except coding.CodingError as err:
             raise Int8ExportError(f"{path}: tensor {name!r}: coded stream truncated or corrupt: {err}") from None
         decoded[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(shape)

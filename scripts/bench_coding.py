@@ -1,4 +1,4 @@
-"""How small lossless coding makes an export's codes: Zstandard (what the exporter writes) against an order-0 ANS coder.
+"""How small lossless coding makes an export's codes: XZ and Zstandard (what the exporter writes) against order-0 ANS.
 
 For each input, the integer codes it holds are coded tensor by tensor, as the export stores them:
 
@@ -8,10 +8,10 @@ For each input, the integer codes it holds are coded tensor by tensor, as the ex
   once), packed at the table's bits.
 
 Reported per input: the packed bytes; their order-0 entropy (per tensor, the bound for one fixed code distribution
-a tensor); Zstandard level 19 of the packed bytes (``coding.encode``, what ``int8_format.write_file`` stores where it
-is smaller); constriction's ANS coder (``stack.AnsCoder`` with a ``Categorical`` model of the tensor's code
-frequencies) plus the model it needs stored (3 bytes per code value used: a 24-bit frequency); and the time each
-takes to decode everything, in this process.
+a tensor); XZ and Zstandard of the packed bytes (``coding.encode_all``) and the smaller of the two, what
+``int8_format.write_file`` stores where it is smaller than the bytes; constriction's ANS coder (``stack.AnsCoder``
+with a ``Categorical`` model of the tensor's code frequencies) plus the model it needs stored (3 bytes per code
+value used: a 24-bit frequency); and the time each takes to decode everything, in this process.
 
     pip install -e '.[bench]'
     python scripts/bench_coding.py EXPORT/model.safetensors RUN/nerfstudio_models/step-000000299.ckpt \\
@@ -86,13 +86,14 @@ def measure(items: List[Tuple[str, np.ndarray, int]]) -> Dict[str, float]:
 
     from nerfqat_plugin.quant.pack import pack_bits
 
-    total = {"tensors": len(items), "codes": 0, "packed": 0, "entropy": 0.0, "zstd": 0, "ans": 0, "ans_model": 0}
+    total = {"tensors": len(items), "codes": 0, "packed": 0, "entropy": 0.0, "ans": 0, "ans_model": 0}
+    total.update({codec: 0 for codec in coding.CODECS}, stored=0)
     frames, streams = [], []
     for _, symbols, bits in items:
         packed = pack_bits(torch.from_numpy(symbols), bits).numpy().tobytes()
         counts = np.bincount(symbols)
         p = counts[counts > 0] / symbols.size
-        frame = coding.encode(packed)
+        coded = coding.encode_all(packed)
         used = np.flatnonzero(counts)
         model = constriction.stream.model.Categorical((counts / counts.sum()).astype(np.float64), perfect=False)
         encoder = constriction.stream.stack.AnsCoder()
@@ -101,15 +102,20 @@ def measure(items: List[Tuple[str, np.ndarray, int]]) -> Dict[str, float]:
         total["codes"] += symbols.size
         total["packed"] += len(packed)
         total["entropy"] += float(-(p * np.log2(p)).sum()) * symbols.size / 8
-        total["zstd"] += min(len(frame), len(packed))  # the exporter stores a tensor raw where coding does not pay
+        for codec, stream in coded.items():  # each codec alone, raw where it does not pay (as the exporter)
+            total[codec] += min(len(stream), len(packed))
+        codec, stream = coding.encode(packed)
+        total["stored"] += min(len(stream), len(packed))
         total["ans"] += compressed.nbytes
         total["ans_model"] += 3 * used.size
-        frames.append((frame, len(packed)))
+        frames += [(c, coded[c], len(packed)) for c in coding.CODECS]
         streams.append((compressed, model, symbols))
-    start = time.perf_counter()
-    for frame, nbytes in frames:
-        coding.decode(frame, nbytes)
-    total["zstd_decode_s"] = time.perf_counter() - start
+    for codec in coding.CODECS:
+        start = time.perf_counter()
+        for c, stream, nbytes in frames:
+            if c == codec:
+                coding.decode(c, stream, nbytes)
+        total[f"{codec}_decode_s"] = time.perf_counter() - start
     start = time.perf_counter()
     for compressed, model, symbols in streams:
         decoded = constriction.stream.stack.AnsCoder(compressed).decode(model, symbols.size)
@@ -120,7 +126,7 @@ def measure(items: List[Tuple[str, np.ndarray, int]]) -> Dict[str, float]:
 
 @dataclass
 class BenchCoding:
-    """Zstandard against order-0 ANS on the codes of exports and checkpoints."""
+    """XZ and Zstandard against order-0 ANS on the codes of exports and checkpoints."""
 
     inputs: tyro.conf.Positional[Tuple[Path, ...]]
     """nerf-qat export files (model.safetensors) and nerfacto-qat checkpoints (step-*.ckpt)."""
@@ -152,24 +158,27 @@ class BenchCoding:
 
 def report(result: Dict) -> str:
     lines = [
-        "# Lossless coding of integer codes: Zstandard against order-0 ANS",
+        "# Lossless coding of integer codes: XZ and Zstandard against order-0 ANS",
         "",
         f"Commit: {result['commit']}  ",
         f"Command: `{result['command']}`  ",
         f"Machine: {machine_line(result['machine'])}",
         "",
-        "Per tensor: packed codes; their order-0 entropy; Zstandard level 19 of the packed bytes (stored raw where "
-        "that is not smaller, as the exporter does); constriction's ANS coder with a categorical model of the "
-        "tensor's code frequencies, plus 3 bytes per used code value to store that model. Bytes summed over tensors; "
-        "decode times of everything, one pass.",
+        "Per tensor: packed codes; their order-0 entropy; XZ (LZMA2 preset 9, no literal context) and Zstandard "
+        "(level 19) of the packed bytes, each stored raw where it is not smaller, as the exporter does, and what the "
+        "exporter stores (the smaller of the two); constriction's ANS coder with a categorical model of the tensor's "
+        "code frequencies, plus 3 bytes per used code value to store that model. Bytes summed over tensors; decode "
+        "times of everything, one pass.",
         "",
-        "| input | tensors | codes | packed | order-0 entropy | zstd-19 | ANS + model | zstd decode s | ANS decode s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| input | tensors | codes | packed | order-0 entropy | xz | zstd | stored (smaller) | ANS + model | "
+        "xz decode s | zstd decode s | ANS decode s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['input']} | {r['tensors']} | {r['codes']:,} | {r['packed']:,} | {r['entropy']:,.0f} | "
-            f"{r['zstd']:,} | {r['ans'] + r['ans_model']:,} | {r['zstd_decode_s']:.3f} | {r['ans_decode_s']:.3f} |"
+            f"{r['xz']:,} | {r['zstd']:,} | {r['stored']:,} | {r['ans'] + r['ans_model']:,} | "
+            f"{r['xz_decode_s']:.3f} | {r['zstd_decode_s']:.3f} | {r['ans_decode_s']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -279,7 +279,7 @@ def report(result: Dict) -> str:
         "rendering uses its mean, 32 floats). Tables: the hash tables' packed codes, their order-0 entropy (a bound "
         "for one fixed code distribution per table), zlib -9 of each table. Every run is evaluated loaded from its "
         "checkpoint, as ns-eval evaluates it, in this process. Exports: ns-export-int8's file (tensors "
-        "Zstandard-coded where smaller) loaded alone and evaluated the same way.",
+        "coded (XZ or Zstandard) where smaller) loaded alone and evaluated the same way.",
     ]
     for scene, s in result["scenes"].items():
         base = s["variants"].get("nerfacto")

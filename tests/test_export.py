@@ -234,10 +234,16 @@ def _coded_file(tmp_path: Path) -> tuple:
 
 
 def test_coded_tensors_are_smaller_and_decode_to_the_same_bytes(tmp_path: Path):
+    from nerfqat_plugin import coding
+
     path, tensors, stored = _coded_file(tmp_path)
     raw, meta = _raw_file(path)
-    assert json.loads(meta["coding"]) == {"a.weight": {"codec": "zstd", "shape": [40_000]}}  # noise stays raw
+    coded = json.loads(meta["coding"])
+    assert list(coded) == ["a.weight"] and coded["a.weight"]["shape"] == [40_000]  # the noise stays raw
+    assert coded["a.weight"]["codec"] in coding.CODECS
     assert raw["a.weight"].numel() == stored["a.weight"] < 0.6 * 40_000  # ~4.6 bits a code
+    streams = coding.encode_all(tensors["a.weight"].numpy().tobytes())
+    assert stored["a.weight"] == min(len(stream) for stream in streams.values())  # the smaller codec's
     assert stored["b.weight"] == 3000 and torch.equal(raw["b.weight"], tensors["b.weight"])
     decoded, _ = read_file(path)
     assert decoded.keys() == tensors.keys()
@@ -248,34 +254,48 @@ def test_coded_tensors_are_smaller_and_decode_to_the_same_bytes(tmp_path: Path):
     assert path.stat().st_size < uncoded.stat().st_size - 15_000
 
 
+@pytest.mark.parametrize("codec", ["xz", "zstd"])
 @pytest.mark.parametrize(
     "damage,message",
     [
-        (lambda b: b[: len(b) // 2], "truncated"),  # the frame cut short
-        (lambda b: b[:100] + bytes([b[100] ^ 0x10]) + b[101:], "checksum"),  # one bit of the content flipped
-        (lambda b: b + b"\x00", "follow the frame"),
+        (lambda b: b[: len(b) // 2], "truncated"),  # the stream cut short
+        (lambda b: b[:100] + bytes([b[100] ^ 0x10]) + b[101:], "checksum|Corrupt"),  # one bit of the content flipped
+        (lambda b: b + b"\x00", "follow the"),
     ],
 )
-def test_a_truncated_or_tampered_coded_stream_fails_with_one_clear_line(tmp_path: Path, damage, message: str):
+def test_every_codec_refuses_a_truncated_altered_or_overlong_stream(codec: str, damage, message: str):
+    from nerfqat_plugin import coding
+
+    data = bytes(range(256)) * 20 + bytes(3000)
+    stream = coding.encode_all(data)[codec]
+    assert coding.decode(codec, stream, len(data)) == data
+    with pytest.raises(coding.CodingError, match=message):
+        coding.decode(codec, damage(stream), len(data))
+    with pytest.raises(coding.CodingError, match=f"{len(data) + 1} expected"):
+        coding.decode(codec, stream, len(data) + 1)
+
+
+def test_a_tampered_coded_tensor_or_coding_metadata_fails_with_one_clear_line(tmp_path: Path):
     from safetensors.torch import save_file
 
     path, _, _ = _coded_file(tmp_path)
     raw, meta = _raw_file(path)
-    frame = bytes(raw["a.weight"].numpy().tobytes())
-    raw["a.weight"] = torch.frombuffer(bytearray(damage(frame)), dtype=torch.uint8)
+    stream = bytes(raw["a.weight"].numpy().tobytes())
+    raw["a.weight"] = torch.frombuffer(bytearray(stream[: len(stream) // 2]), dtype=torch.uint8)
     save_file(raw, str(path), metadata=meta)
-    with pytest.raises(Int8ExportError, match=message) as info:
+    with pytest.raises(Int8ExportError, match="truncated") as info:
         read_file(path)
     assert "a.weight" in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
-    meta["coding"] = json.dumps({"a.weight": {"codec": "zstd", "shape": [40_001]}})  # a length it does not hold
-    raw["a.weight"] = torch.frombuffer(bytearray(frame), dtype=torch.uint8)
-    save_file(raw, str(path), metadata=meta)
-    with pytest.raises(Int8ExportError, match="40001 expected"):
-        read_file(path)
-    meta["coding"] = "{not json"
-    save_file(raw, str(path), metadata=meta)
-    with pytest.raises(Int8ExportError, match="'coding' metadata"):
-        read_file(path)
+    raw["a.weight"] = torch.frombuffer(bytearray(stream), dtype=torch.uint8)
+    for coding_meta, message in (
+        ({"a.weight": {"codec": "gzip", "shape": [40_000]}}, "unknown codec 'gzip'"),
+        ({"c.weight": {"codec": "xz", "shape": [3]}}, "'c.weight' is missing"),
+        ("{not json", "'coding' metadata"),
+    ):
+        text = coding_meta if isinstance(coding_meta, str) else json.dumps(coding_meta)
+        save_file(raw, str(path), metadata={**meta, "coding": text})
+        with pytest.raises(Int8ExportError, match=message):
+            read_file(path)
 
 
 def test_an_export_of_format_version_1_keeps_loading(exported_run: Path, tmp_path: Path):

@@ -83,3 +83,15 @@ def test_an_export_for_other_table_sizes_or_with_a_wrong_table_fails_with_one_cl
     save_file(tensors, str(path), metadata={**meta, "coding": "{}"})
     with pytest.raises(Int8ExportError, match=r"field.mlp_base.0.table.codes has shape \(4088,\)"):
         eval_setup(config, test_mode="inference")
+
+
+def test_an_ablation_run_is_not_exported(nerfacto_run: Path, tmp_path: Path):
+    from nerfqat_plugin.export import ExportInt8
+
+    config = yaml.load(nerfacto_run.read_text(), Loader=yaml.Loader)
+    config.pipeline.model.quantize = "tables"  # the same checkpoint, said to quantize its tables alone
+    ablation = tmp_path / "config.yml"
+    ablation.write_text(yaml.dump(config))
+    with pytest.raises(ValueError, match="an ablation"):
+        ExportInt8(load_config=ablation, output_dir=tmp_path / "out").run()
+    assert not (tmp_path / "out").exists()

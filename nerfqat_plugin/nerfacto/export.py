@@ -18,7 +18,6 @@ export renders what the fake-quantized run rendered, value for value.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -180,11 +179,10 @@ def export_tensors_names(model: nn.Module) -> list:
     return names
 
 
-def table_summary(model: nn.Module) -> Dict[str, str]:
-    """A line per table for the exporter's printed table: its shape and bits."""
+def table_summary(model: nn.Module) -> Dict[str, Tuple[str, str]]:
+    """For the exporter's printed table: each table's codes tensor -> (its shape, what it holds)."""
     tables, _ = quantized_parts(model)
     return {
-        f"{name}.codes": f"{t.groups}x{t.rows_per_group}x{t.features} ({math.log2(t.rows_per_group):.0f} bits of "
-        f"rows), {t.bits}-bit packed"
+        f"{name}.codes": (f"{t.groups}x{t.rows_per_group}x{t.features}", f"{t.bits}-bit packed table codes")
         for name, t in tables.items()
     }
