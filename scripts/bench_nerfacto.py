@@ -42,9 +42,12 @@ VARIANTS: Dict[str, Optional[Dict[str, object]]] = {
     "tables 8 bit, w8a8 MLPs": {"table_bits": 8},
     "tables 8 bit, fp32 MLPs": {"table_bits": 8, "quantize": "tables"},
     "fp32 tables, w8a8 MLPs": {"table_bits": 8, "quantize": "mlps"},
-    "tables 8 bit, w8a8 MLPs, a range per level": {"table_bits": 8, "input_range_per_level": True},
     "tables 4 bit, w8a8 MLPs": {"table_bits": 4},
     "tables 2 bit, w8a8 MLPs": {"table_bits": 2},
+    **{
+        f"tables {bits} bit, w8a8 MLPs, a range per level": {"table_bits": bits, "input_range_per_level": True}
+        for bits in (8, 4, 2)
+    },
 }
 """Variant name -> nerfacto-qat model settings with quantization on (None: quantization off)."""
 DEFAULT_VARIANTS = (
