@@ -63,11 +63,7 @@ def _decode_xz(stream: bytes) -> bytes:
         data = decoder.decompress(stream)
     except lzma.LZMAError as err:
         raise CodingError(f"not a complete XZ stream ({err})") from None
-    if not decoder.eof:
-        raise CodingError("the XZ stream is truncated")
-    if decoder.unused_data:
-        raise CodingError(f"{len(decoder.unused_data)} bytes follow the stream")
-    return data
+    return _complete(decoder, data, "XZ stream")
 
 
 def _decode_zstd(frame: bytes, nbytes: int) -> bytes:
@@ -83,8 +79,14 @@ def _decode_zstd(frame: bytes, nbytes: int) -> bytes:
         data = decoder.decompress(frame)
     except zstandard.ZstdError as err:
         raise CodingError(f"not a complete Zstandard frame ({err})") from None
+    return _complete(decoder, data, "Zstandard frame")
+
+
+def _complete(decoder, data: bytes, what: str) -> bytes:
+    """``data``, if the streaming ``decoder`` (lzma's or zstandard's: both have ``eof`` and ``unused_data``) read
+    exactly one whole stream; ``CodingError`` if it ended early or bytes followed."""
     if not decoder.eof:
-        raise CodingError("the Zstandard frame is truncated")
+        raise CodingError(f"the {what} is truncated")
     if decoder.unused_data:
-        raise CodingError(f"{len(decoder.unused_data)} bytes follow the frame")
+        raise CodingError(f"{len(decoder.unused_data)} bytes follow the {what.split()[-1]}")
     return data
