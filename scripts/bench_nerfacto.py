@@ -3,15 +3,20 @@
 For each scene every variant is trained in this process by nerfstudio's Trainer with the same rays per batch,
 schedule, seed and table sizes; the only difference is the model: nerfstudio's ``NerfactoModel`` (its LPIPS kept
 offline), or nerfacto-qat with quantization off, or with its hash tables at 8, 4 or 2 bits and w8a8 MLPs (fake
-quantization from ``--quant-start-step``). Reported per variant: training wall time, held-out PSNR / SSIM over all
-held-out views (ns-eval's ``get_average_eval_image_metrics``, which also gives its rays/s), and the model's bytes:
-fp32 (hash tables, MLPs and appearance embedding) and, for the quantized ones, what their codes take (tables at their
-bits with a step per level, MLP weights at their bits with bf16 scales and fp32 biases, activation ranges; the
-appearance embedding left out: rendering uses its mean, 32 floats), and what entropy coding could make of the tables'
-codes (their order-0 entropy, and zlib -9 of the packed codes). Those byte counts are computed from the model's
-tensors: nerfacto-qat has no integer export yet.
+quantization from ``--quant-start-step``), or an ablation. Every run is evaluated loaded from its checkpoint, as
+ns-eval evaluates it: held-out PSNR / SSIM over all held-out views (``get_average_eval_image_metrics``, which also
+gives its rays/s), and the model's bytes: fp32 (hash tables, MLPs and appearance embedding) and, for the quantized
+ones, what their codes take and what entropy coding could make of the tables' codes (order-0 entropy, zlib -9).
+The quantized runs of the first seed are exported with ns-export-int8 and the export is measured the same way
+(loaded alone), with its file and raw tensor bytes.
+
+``--seeds`` trains every variant once per seed (seed-major: all variants of the first seed first); differences to
+nerfacto are paired (the same seed's nerfacto), and a table across seeds gives their mean and range. ``--append``
+adds rows to an existing report of the same settings (a longer study in several sittings).
 
     python scripts/bench_nerfacto.py --output benchmarks/nerfacto_cpu_avx2
+    python scripts/bench_nerfacto.py --scenes fern --seeds 1 2 --variants nerfacto "tables 8 bit, w8a8 MLPs" \
+        --append --output benchmarks/nerfacto_cpu_avx2
 """
 
 from __future__ import annotations
@@ -84,8 +89,21 @@ class BenchNerfacto:
     """The fern scene folder (poses_bounds.npy, images_16/)."""
     workdir: Optional[Path] = None
     """Keep the runs here (default: a temporary folder, deleted at the end)."""
+    seeds: Tuple[int, ...] = (0,)
+    """Train every variant once per seed; rows of seeds other than 0 are named '<variant>, seed N'."""
+    export: bool = True
+    """Export the quantized runs of the first seed and evaluate the exports."""
+    append: bool = False
+    """Add this run's rows to OUTPUT.json's (it must have the same steps, rays, table size and QAT start)."""
+    report_only: bool = False
+    """Rebuild OUTPUT.md and OUTPUT_size_psnr.png from OUTPUT.json; train nothing."""
 
     def main(self) -> None:
+        if self.report_only:
+            result = json.loads(self.output.with_suffix(".json").read_text())
+            self._write(result, json_too=False)
+            print(self.output.with_suffix(".md").read_text())
+            return
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise SystemExit(f"unknown variant {unknown[0]!r}: choose from {list(VARIANTS)}")
@@ -95,6 +113,8 @@ class BenchNerfacto:
         result: Dict[str, object] = {"command": command.strip(), "commit": commit.stdout.strip() or "unknown"}
         result.update(steps=self.steps, rays=self.rays, log2_hashmap_size=self.log2_hashmap_size)
         result.update(quant_start_step=self.quant_start_step, scenes={}, machine=machine(self.device))
+        if self.append:
+            result = self._appended_to(result)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(self.workdir or tmp)
             for scene in self.scenes:
@@ -102,11 +122,27 @@ class BenchNerfacto:
                 self._scene(scene, root / scene, result)
         print(report(result))
 
-    def _write(self, result: Dict[str, object]) -> None:
-        """The JSON and the report as they stand (after every variant: a stopped run keeps what it measured)."""
+    def _appended_to(self, new: Dict[str, object]) -> Dict[str, object]:
+        """OUTPUT.json's result with this run's command and commit added, after checking its settings are ours."""
+        path = self.output.with_suffix(".json")
+        if not path.is_file():
+            raise SystemExit(f"--append: {path} does not exist (run without --append first)")
+        old = json.loads(path.read_text())
+        keys = ("steps", "rays", "log2_hashmap_size", "quant_start_step")
+        differ = [f"{k} {old.get(k)} there, {new[k]} here" for k in keys if old.get(k) != new[k]]
+        if differ:
+            raise SystemExit(f"--append: {path} was measured with other settings: {'; '.join(differ)}")
+        old.setdefault("appended", []).append({k: new[k] for k in ("command", "commit", "machine")})
+        return old
+
+    def _write(self, result: Dict[str, object], json_too: bool = True) -> None:
+        """The JSON, figure and report as they stand (after every variant: a stopped run keeps what it measured)."""
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
-        self.output.with_suffix(".md").write_text(report(result))
+        if json_too:
+            self.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        figure = f"{self.output.name}_size_psnr.png"
+        size_quality_figure(result, self.output.parent / figure)
+        self.output.with_suffix(".md").write_text(report(result, figure))
 
     def _dataparser(self, scene: str, work: Path):
         from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
@@ -156,13 +192,13 @@ class BenchNerfacto:
     def _scene(self, scene: str, work: Path, result: Dict) -> None:
         work.mkdir(parents=True, exist_ok=True)
         dataparser, description = self._dataparser(scene, work)
-        out: Dict[str, object] = {"description": description, "variants": {}}
-        result["scenes"][scene] = out
-        for variant in self.variants:
-            print(f"[{scene}] training {variant}", flush=True)
+        out = result["scenes"].setdefault(scene, {"description": description, "variants": {}})
+        for seed, variant in ((seed, variant) for seed in self.seeds for variant in self.variants):
+            row = row_name(variant, seed)
+            print(f"[{scene}] training {row}", flush=True)
             settings = VARIANTS[variant]
-            config = self._config(dataparser, work / _slug(variant), settings, variant == "nerfacto")
-            seed_everything(0)
+            config = self._config(dataparser, work / _slug(row), settings, variant == "nerfacto")
+            seed_everything(seed)
             config.save_config()  # config.yml, as ns-train writes it (the exporter reads it)
             trainer = config.setup(local_rank=0, world_size=1)
             trainer.setup()
@@ -177,15 +213,48 @@ class BenchNerfacto:
             # evaluated as ns-eval evaluates: loaded from its checkpoint (nerfstudio's proposal-weight annealing is
             # a training callback's state, which a loaded model starts without: an in-memory model renders otherwise)
             config_file = Path(config.get_base_dir()) / "config.yml"
-            entry = {"train_s": seconds, **evaluate(load_pipeline(config_file))}
-            out["variants"][variant] = entry  # type: ignore[index]
+            entry = {"variant": variant, "seed": seed, "train_s": seconds, **evaluate(load_pipeline(config_file))}
+            out["variants"][row] = entry  # type: ignore[index]
             print(f"  {json.dumps(entry)}", flush=True)
             self._write(result)
             gc.collect()
-            if settings is not None and settings.get("quantize", "all") == "all":  # its export, measured the same way
-                entry["export"] = export_and_evaluate(config_file, work / "exports" / _slug(variant))
+            quantized = settings is not None and settings.get("quantize", "all") == "all"
+            if quantized and self.export and seed == self.seeds[0]:  # its export, measured the same way
+                entry["export"] = export_and_evaluate(config_file, work / "exports" / _slug(row))
                 print(f"  export: {json.dumps(entry['export'])}", flush=True)
                 self._write(result)
+
+
+def row_name(variant: str, seed: int) -> str:
+    """A run's row in the report: the variant for seed 0, '<variant>, seed N' otherwise."""
+    return variant if seed == 0 else f"{variant}, seed {seed}"
+
+
+def _baseline(variants: Dict[str, Dict], entry: Dict) -> Optional[Dict]:
+    """The nerfacto row a row is compared with: the same seed's (seed 0's where that seed has none)."""
+    return variants.get(row_name("nerfacto", entry.get("seed", 0))) or variants.get("nerfacto")
+
+
+def across_seeds(variants: Dict[str, Dict]) -> List[Dict[str, object]]:
+    """Per variant trained with more than one seed: seeds, PSNR mean / min / max, and the paired differences to
+    nerfacto (each seed minus the same seed's nerfacto, over the seeds where both ran): mean, min, max."""
+    by_variant: Dict[str, List[Dict]] = {}
+    for name, e in variants.items():  # rows written before seeds were recorded: the row name, seed 0
+        by_variant.setdefault(e.get("variant", name), []).append(e)
+    rows = []
+    for name, entries in by_variant.items():
+        if len(entries) < 2:
+            continue
+        psnr = [e["psnr"] for e in entries]
+        nerfacto = {e.get("seed", 0): e["psnr"] for e in by_variant.get("nerfacto", [])}
+        paired = [e["psnr"] - nerfacto[e.get("seed", 0)] for e in entries if e.get("seed", 0) in nerfacto]
+        row: Dict[str, object] = {"variant": name, "seeds": sorted(e.get("seed", 0) for e in entries)}
+        row.update(psnr_mean=sum(psnr) / len(psnr), psnr_min=min(psnr), psnr_max=max(psnr))
+        if paired and name != "nerfacto":
+            row.update(paired_n=len(paired), vs_nerfacto_mean=sum(paired) / len(paired))
+            row.update(vs_nerfacto_min=min(paired), vs_nerfacto_max=max(paired))
+        rows.append(row)
+    return rows
 
 
 def _slug(name: str) -> str:
@@ -265,13 +334,17 @@ def table_statistics(parts) -> Dict[str, float]:
     return {"packed_bytes": packed, "entropy_bytes": entropy, "zlib_bytes": deflated}
 
 
-def report(result: Dict) -> str:
+def report(result: Dict, figure: Optional[str] = None) -> str:
     lines = [
         "# nerfacto-qat vs nerfstudio's nerfacto, equal steps",
         "",
         f"Commit: {result.get('commit', 'unknown')}  ",
         f"Command: `{result['command']}`  ",
         f"Machine: {machine_line(result['machine'])}  ",
+        *(
+            f"Rows added by `{a['command']}` at {a['commit']} on: {machine_line(a['machine'])}  "
+            for a in result.get("appended", [])
+        ),
         f"{result['steps']} steps per run, {result['rays']} rays per batch, field hash grid 2^"
         f"{result['log2_hashmap_size']} entries per level (nerfstudio's proposal grids), fake quantization from step "
         f"{result['quant_start_step']}; otherwise nerfstudio's nerfacto settings (PyTorch hash grid and MLPs, "
@@ -285,7 +358,6 @@ def report(result: Dict) -> str:
         "coded (XZ or Zstandard) where smaller) loaded alone and evaluated the same way.",
     ]
     for scene, s in result["scenes"].items():
-        base = s["variants"].get("nerfacto")
         lines += [
             "",
             f"## {scene}: {s['description']}",
@@ -295,6 +367,7 @@ def report(result: Dict) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, e in s["variants"].items():
+            base = _baseline(s["variants"], e)
             dpsnr = f"{e['psnr'] - base['psnr']:+.2f}" if base else ""
             code = e.get("code_bytes")
             ratio = f"{code / base['fp32_bytes']:.3f}" if base and code else ""
@@ -312,7 +385,7 @@ def report(result: Dict) -> str:
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for name, e in exported.items():
-                x = e["export"]
+                base, x = _baseline(s["variants"], e), e["export"]
                 vs = f"{x['psnr'] - base['psnr']:+.2f}" if base else ""
                 speed = f"{x['rays_per_s'] / base['rays_per_s']:.2f}x" if base else ""
                 share = f"{x['file_bytes'] / base['fp32_bytes']:.3f}" if base else ""
@@ -321,7 +394,97 @@ def report(result: Dict) -> str:
                     f"{x['rays_per_s']:,.0f} | {speed} | {x['file_bytes'] / 1e6:.3f} | "
                     f"{x['raw_tensor_bytes'] / 1e6:.3f} | {share} |"
                 )
+        seeds = across_seeds(s["variants"])
+        if seeds:
+            lines += [
+                "",
+                "Across seeds (vs nerfacto: each seed's PSNR minus the same seed's nerfacto):",
+                "",
+                "| variant | seeds | PSNR mean | PSNR min .. max | vs nerfacto mean | vs nerfacto min .. max |",
+                "|---|---|---:|---:|---:|---:|",
+            ]
+            for r in seeds:
+                paired = (
+                    (f"{r['vs_nerfacto_mean']:+.2f} ({r['paired_n']} pairs)", f"{r['vs_nerfacto_min']:+.2f} .. "
+                     f"{r['vs_nerfacto_max']:+.2f}")
+                    if "paired_n" in r else ("", "")
+                )  # fmt: skip
+                lines.append(
+                    f"| {r['variant']} | {', '.join(map(str, r['seeds']))} | {r['psnr_mean']:.2f} | "
+                    f"{r['psnr_min']:.2f} .. {r['psnr_max']:.2f} | {paired[0]} | {paired[1]} |"
+                )
+    if figure:
+        lines += [
+            "",
+            f"![size vs PSNR]({figure})",
+            "",
+            "Right panel, quoted from the seed paper's Table 2: NeRF 4.78 MB / 31.49 dB and NeRF-QAT 1.33 MB / "
+            "30.56 dB on fern (1/8 resolution, 50k+ GPU steps: compare sizes across the panels, not PSNR); "
+            "Instant-NGP 64.1 MB, TensoRF 71.8 MB, Plenoxels 778 MB as sizes only.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+PAPER_TABLE2_FERN = [("NeRF", 4.78e6, 31.49), ("NeRF-QAT", 1.33e6, 30.56)]
+"""The seed paper's Table 2 rows measured on fern: (name, model bytes, PSNR), quoted."""
+PAPER_TABLE2_SIZES = [("Instant-NGP", 64.1e6), ("TensoRF", 71.8e6), ("Plenoxels", 778e6)]
+"""Its other rows: (name, model bytes), quoted; their PSNR there are NeRF-Synthetic averages, not fern's."""
+
+
+def size_quality_figure(result: Dict, path: Path) -> None:
+    """Held-out PSNR against model bytes (log scale), two panels on one size axis: what this script measured (per
+    scene, seed 0: nerfstudio's nerfacto at its fp32 bytes; each quantized run's export at its coded file size, with
+    its raw tensor bytes joined by a line; a quantized run not exported at its code bytes), and the seed paper's
+    Table 2, quoted (fern PSNR for NeRF and NeRF-QAT; sizes alone for the grid methods)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ours, paper) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for scene, s in result["scenes"].items():
+        for name, e in s["variants"].items():
+            if e.get("seed", 0) != 0:
+                continue
+            x = e.get("export")
+            if x:
+                ours.plot([x["raw_tensor_bytes"], x["file_bytes"]], [x["psnr"]] * 2, "-", color="0.6", lw=1)
+                ours.scatter(x["raw_tensor_bytes"], x["psnr"], facecolors="none", edgecolors="C1", s=30)
+                ours.scatter(x["file_bytes"], x["psnr"], color="C1", s=30)
+                point = (x["file_bytes"], x["psnr"])
+            elif e.get("code_bytes"):
+                point = (e["code_bytes"], e["psnr"])
+                ours.scatter(*point, marker="x", color="C2")
+            elif e.get("variant", name) == "nerfacto":
+                point = (e["fp32_bytes"], e["psnr"])
+                ours.scatter(*point, marker="s", color="C0")
+            else:
+                continue
+            ours.annotate(f"{scene}: {name}", point, fontsize=7, textcoords="offset points", xytext=(4, 4))
+    ours.set_title(
+        f"measured: {result['steps']} steps, {result['rays']} rays, field tables 2^{result['log2_hashmap_size']}\n"
+        "square: nerfacto fp32; dot: integer export, coded (ring: raw); x: codes, not exported",
+        fontsize=8,
+    )
+    ours.set_ylabel("held-out PSNR (dB)")
+    for name, size, psnr in PAPER_TABLE2_FERN:
+        paper.scatter(size, psnr, marker="*", s=90, color="C3")
+        paper.annotate(name, (size, psnr), fontsize=8, textcoords="offset points", xytext=(4, 4))
+    for (name, size), side in zip(PAPER_TABLE2_SIZES, ("right", "left", "left"), strict=True):
+        paper.axvline(size, color="0.5", ls="--", lw=1)
+        paper.text(size, 0.02, f" {name} ", rotation=90, fontsize=8, ha=side, transform=paper.get_xaxis_transform())
+    paper.set_title(
+        "seed paper, Table 2 (quoted): fern, 50k+ GPU steps\ndashed: sizes only (their PSNR there are not fern's)",
+        fontsize=8,
+    )
+    for ax in (ours, paper):
+        ax.set_xscale("log")
+        ax.set_xlabel("model bytes (log scale)")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _tables_cell(tables: Optional[Dict[str, float]]) -> str:
