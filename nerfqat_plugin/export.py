@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import tyro
@@ -25,8 +25,8 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.table import Table
 
-from nerfqat_plugin.int8_format import GRID_TENSOR, WEIGHTS_FILE, Int8ExportError, architecture, mlp_tensors, write_file
-from nerfqat_plugin.quant.layers import QuantLinear
+from nerfqat_plugin.int8_format import WEIGHTS_FILE, Int8ExportError, write_file
+from nerfqat_plugin.integer_export import IntegerExport
 from nerfqat_plugin.scene_record import (
     RECORD_FILE,
     SPLITS,
@@ -100,9 +100,6 @@ class ExportInt8:
     def run(self) -> Path:
         from nerfstudio.utils.eval_utils import eval_setup
 
-        from nerfqat_plugin.model import NeRFQATModel
-        from nerfqat_plugin.nerfacto.model import NerfactoQATModel
-
         if not self.load_config.is_file():
             raise FileNotFoundError(f"{self.load_config}: config file not found (pass the run's config.yml)")
         saved = yaml.load(self.load_config.read_text(), Loader=yaml.Loader)
@@ -123,12 +120,11 @@ class ExportInt8:
 
         config, pipeline, ckpt_path, step = eval_setup(self.load_config, test_mode="inference")
         model = pipeline.model
-        assert isinstance(model, (NeRFQATModel, NerfactoQATModel))
-        if isinstance(model, NerfactoQATModel) and model.config.quantize != "all":
-            raise ValueError(
-                f"{self.load_config}: trained with --pipeline.model.quantize {model.config.quantize} (an ablation): "
-                "only a run that quantizes tables and MLPs exports to integers"
-            )
+        if not isinstance(model, IntegerExport):
+            raise ValueError(f"{self.load_config}: its model ({type(model).__name__}) has no integer export")
+        refusal = model.export_refusal()
+        if refusal:
+            raise ValueError(f"{self.load_config}: {refusal}")
         quant = model.config.quant
         if not quant.enabled or step < quant.quant_start_step:
             CONSOLE.print(
@@ -136,20 +132,19 @@ class ExportInt8:
                 f"step {step} < quant_start_step {quant.quant_start_step}): this export is post-training quantization"
                 " and will not match the run's own evaluation"
             )
-        tensors, arch, method_metadata = self._method_tensors(model)
+        tensors = model.export_tensors()
 
         outputs = pipeline.datamanager.train_dataparser_outputs
         data = Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)
         record = record_bytes(scene_record(self._splits(pipeline.datamanager), data))
         metadata = {
-            "architecture": arch,
+            **model.export_metadata(),
             "quant": dataclasses.asdict(quant),
             "dataparser": {
                 "transform": outputs.dataparser_transform.tolist(),
                 "scale": float(outputs.dataparser_scale),
             },
             "scene": json.loads(record)["metadata"],
-            **method_metadata,
             "scene_record_sha256": sha256(record),
             "step": int(step),
             "source_checkpoint_sha256": sha256(Path(ckpt_path).read_bytes()),
@@ -179,22 +174,6 @@ class ExportInt8:
         return out_abs
 
     @staticmethod
-    def _method_tensors(model) -> Tuple[Dict[str, torch.Tensor], Dict[str, object], Dict[str, object]]:
-        """(tensors, architecture, further metadata) of the export of a trained model of either method."""
-        from nerfqat_plugin.nerfacto import export as nerfacto_export
-        from nerfqat_plugin.nerfacto.model import NerfactoQATModel
-
-        if isinstance(model, NerfactoQATModel):
-            return nerfacto_export.export_tensors(model), nerfacto_export.architecture(model.config), {}
-        tensors: Dict[str, torch.Tensor] = {}
-        for prefix, mlp in model.named_mlps.items():
-            tensors.update(mlp_tensors(mlp, prefix, model.config.quant))
-        if model.grid is not None:
-            tensors[GRID_TENSOR] = model.grid.packed()
-        arch = architecture(model.config, model.field_fine.encoding)
-        return tensors, arch, {"render": model.render_settings()}
-
-    @staticmethod
     def _splits(datamanager) -> Dict[str, Any]:
         """Dataparser outputs of every split the run's dataparser has (train, and val / test where present)."""
         outputs = {"train": datamanager.train_dataparser_outputs}
@@ -222,30 +201,10 @@ class ExportInt8:
         return cfg
 
     @staticmethod
-    def _print_table(tensors: Dict[str, torch.Tensor], stored: Dict[str, int], model, folder: Path) -> None:
-        from nerfqat_plugin.nerfacto import export as nerfacto_export
-        from nerfqat_plugin.nerfacto.model import NerfactoQATModel
-
+    def _print_table(tensors: Dict[str, torch.Tensor], stored: Dict[str, int], model: IntegerExport, folder: Path):
         path = folder / WEIGHTS_FILE
-        described: Dict[str, Tuple[str, str]] = {}  # tensor -> (shape, bits) where the dtype does not tell
-        if isinstance(model, NerfactoQATModel):
-            fp32 = float(nerfacto_export.fp32_bytes(model))
-            described.update(nerfacto_export.table_summary(model))
-            mlps = {name + ".": mlp for name, mlp in nerfacto_export.quantized_parts(model)[1].items()}
-        else:
-            fp32 = model.size_metrics()["model_bytes_fp32"]
-            mlps = model.named_mlps
-            if model.grid is not None:
-                r = model.grid.resolution
-                described[GRID_TENSOR] = (
-                    f"{r}x{r}x{r}",
-                    f"bitfield, zlib ({model.grid.occupied_fraction():.1%} occupied)",
-                )
-        bits = model.config.quant.weight_bits
-        for prefix, mlp in mlps.items():
-            for name, m in mlp.named_modules():
-                if isinstance(m, QuantLinear):
-                    described[f"{prefix}{name}.weight"] = ("x".join(map(str, m.weight.shape)), f"{bits}-bit packed")
+        fp32 = model.fp32_bytes()
+        described = model.export_descriptions()  # tensor -> (shape, bits) where the dtype does not tell
         table = Table(title=f"Integer export: {path}")
         for column in ("tensor", "shape", "dtype / bits", "bytes", "in the file (coded where smaller)"):
             table.add_column(column)

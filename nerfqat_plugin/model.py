@@ -20,7 +20,8 @@ from torch.nn import Parameter
 
 from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider, NDCMode, scene_collider
 from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding, view_directions
-from nerfqat_plugin.int8_format import GRID_TENSOR, Int8ExportError, architecture, load_weights
+from nerfqat_plugin.int8_format import GRID_TENSOR, Int8ExportError, architecture, load_weights, mlp_tensors
+from nerfqat_plugin.integer_export import linear_descriptions
 from nerfqat_plugin.lpips import OfflineLPIPS
 from nerfqat_plugin.mlp import NeRFMLP
 from nerfqat_plugin.occupancy import OccupancyConfig, OccupancyGrid, evaluating, march
@@ -145,10 +146,7 @@ class NeRFQATModel(Model):
         self.ssim = structural_similarity_index_measure
         self.lpips = OfflineLPIPS()
         if cfg.int8_weights is not None:
-            path = Path(cfg.int8_weights)
-            arch = architecture(cfg, self.field_fine.encoding)
-            tensors = load_weights(path, self.named_mlps, arch, cfg.quant, cfg.int8_kernel, cfg.int8_compile)
-            self._load_grid(tensors, path)
+            self.load_export(Path(cfg.int8_weights))
         set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
         self.update_to_step(0)
 
@@ -184,6 +182,43 @@ class NeRFQATModel(Model):
     def mlps(self) -> Tuple[nn.Module, ...]:
         """The MLPs the sampler uses (coarse and fine, or the occupancy sampler's one)."""
         return tuple(self.named_mlps.values())
+
+    # --- the integer export (integer_export.IntegerExport) ---
+
+    def export_refusal(self) -> Optional[str]:
+        return None
+
+    @torch.no_grad()
+    def export_tensors(self) -> Dict[str, Tensor]:
+        """Each MLP's integer Linear tensors (``int8_format.mlp_tensors``) and, with the occupancy sampler, the
+        grid's bitfield."""
+        tensors: Dict[str, Tensor] = {}
+        for prefix, mlp in self.named_mlps.items():
+            tensors.update(mlp_tensors(mlp, prefix, self.config.quant))
+        if self.grid is not None:
+            tensors[GRID_TENSOR] = self.grid.packed()
+        return tensors
+
+    def export_metadata(self) -> Dict[str, object]:
+        return {"architecture": architecture(self.config, self.field_fine.encoding), "render": self.render_settings()}
+
+    def export_descriptions(self) -> Dict[str, Tuple[str, str]]:
+        described = linear_descriptions(self.named_mlps, self.config.quant.weight_bits)
+        if self.grid is not None:
+            r = self.grid.resolution
+            described[GRID_TENSOR] = (f"{r}x{r}x{r}", f"bitfield, zlib ({self.grid.occupied_fraction():.1%} occupied)")
+        return described
+
+    def fp32_bytes(self) -> float:
+        return self.size_metrics()["model_bytes_fp32"]
+
+    def load_export(self, path: Path) -> None:
+        """The MLPs become integer ones holding the file's weights (``int8_format.load_weights``, which checks the
+        architecture and quantization), and the occupancy grid takes the file's bitfield."""
+        cfg = self.config
+        arch = architecture(cfg, self.field_fine.encoding)
+        tensors = load_weights(path, self.named_mlps, arch, cfg.quant, cfg.int8_kernel, cfg.int8_compile)
+        self._load_grid(tensors, path)
 
     def _load_grid(self, tensors: Dict[str, Tensor], path: Path) -> None:
         """The occupancy grid of an integer export (its bitfield), checked against the sampler the config names."""

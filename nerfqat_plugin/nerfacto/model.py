@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Type
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
-from torch import nn
+from torch import Tensor, nn
 
+from nerfqat_plugin.integer_export import linear_descriptions
+from nerfqat_plugin.nerfacto import export
 from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
-from nerfqat_plugin.nerfacto.export import load_export
 from nerfqat_plugin.offline import offline_lpips
 from nerfqat_plugin.qat_callbacks import apply_schedule, schedule_callbacks
 from nerfqat_plugin.quant.config import QuantConfig
@@ -90,7 +91,7 @@ class NerfactoQATModel(NerfactoModel):
             self._quantize_modules()
         set_train_kernels(self, compile=cfg.quant_compile, matmul=cfg.quant_fast_matmul)
         if cfg.int8_weights is not None:
-            load_export(self, Path(cfg.int8_weights), cfg.int8_kernel, cfg.int8_compile)
+            self.load_export(Path(cfg.int8_weights))
         self.update_to_step(0)
 
     def _quantize_modules(self) -> None:
@@ -127,6 +128,32 @@ class NerfactoQATModel(NerfactoModel):
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
         return schedule_callbacks(self) + super().get_training_callbacks(training_callback_attributes)
+
+    # --- the integer export (integer_export.IntegerExport; the format is nerfacto/export.py's) ---
+
+    def export_refusal(self) -> Optional[str]:
+        if self.config.quantize == "all":
+            return None
+        return (
+            f"trained with --pipeline.model.quantize {self.config.quantize} (an ablation): only a run that "
+            "quantizes tables and MLPs exports to integers"
+        )
+
+    def export_tensors(self) -> Dict[str, Tensor]:
+        return export.export_tensors(self)
+
+    def export_metadata(self) -> Dict[str, object]:
+        return {"architecture": export.architecture(self.config)}
+
+    def export_descriptions(self) -> Dict[str, Tuple[str, str]]:
+        mlps = {name + ".": mlp for name, mlp in export.quantized_parts(self)[1].items()}
+        return {**export.table_summary(self), **linear_descriptions(mlps, self.config.quant.weight_bits)}
+
+    def fp32_bytes(self) -> float:
+        return float(export.fp32_bytes(self))
+
+    def load_export(self, path: Path) -> None:
+        export.load_export(self, path, self.config.int8_kernel, self.config.int8_compile)
 
 
 def quantized_mlp(mlp: MLP, quant: QuantConfig, in_splits: Optional[Sequence[int]] = None) -> QuantMLP:
