@@ -49,6 +49,34 @@ def test_quantized_hash_encoding_is_nerfstudios_off_and_nerfstudios_on_the_quant
     assert not torch.equal(quantized, plain)
 
 
+def test_reachable_rows_are_every_row_a_point_of_the_unit_cube_gathers():
+    """Resolutions 4, 8, 16, 32 over 256 rows a level: the coarsest (5^3 corners) reaches fewer rows. Gathers of
+    random points, and of the cells' own corners (points at the cube's faces included), all fall in the listed rows,
+    and each row listed of the two coarsest levels is gathered by some corner."""
+    ours, _ = _encodings(8)
+    rows_per_level = 2 ** LEVELS["log2_hashmap_size"]
+    reachable = ours.reachable_rows()
+    assert torch.equal(reachable, torch.unique(reachable))
+    per_level = torch.bincount(reachable // rows_per_level, minlength=4)
+    assert per_level[0] == len(torch.unique(ours.hash_fn(_corners(4).int()[:, None, :].expand(-1, 4, -1))[:, 0]))
+    assert per_level[0] < rows_per_level and per_level[3] == rows_per_level
+    gathered = []
+    ours.table.forward = lambda rows: gathered.append(rows.reshape(-1)) or torch.zeros(*rows.shape, 2)
+    random = torch.rand(20000, 3, generator=torch.Generator().manual_seed(2)) * (1 - 1e-6)
+    ours(torch.cat([random, _corners(32) / 32 * (1 - 1e-6), _corners(4) / 4]))
+    gathered = torch.unique(torch.cat(gathered))
+    assert bool(torch.isin(gathered, reachable).all())
+    coarse = reachable[reachable < 2 * rows_per_level]
+    assert bool(torch.isin(coarse, gathered).all())
+    # a level of more corners than the limit counts every row (level 0 has 5^3 = 125)
+    assert torch.equal(ours.reachable_rows(corner_limit=124)[:rows_per_level], torch.arange(rows_per_level))
+
+
+def _corners(resolution: int) -> torch.Tensor:
+    i = torch.arange(resolution + 1)
+    return torch.stack(torch.meshgrid(i, i, i, indexing="ij"), dim=-1).reshape(-1, 3).float()
+
+
 def test_table_gradients_are_lsqs_as_plain_autograd_computes_them():
     """The table's autograd function against LSQ written with the usual detach tricks through plain autograd."""
     generator = torch.Generator().manual_seed(0)

@@ -34,8 +34,13 @@ def test_the_file_holds_codes_steps_integer_mlps_and_the_mean_appearance(nerfact
     for name in tables:
         codes, steps = tensors[f"{name}.codes"], tensors[f"{name}.steps"]
         assert codes.dtype == torch.uint8 and steps.dtype == torch.float32 and bool((steps > 0).all())
-    field = "field.mlp_base.0.table"
-    assert tensors[f"{field}.codes"].numel() == 4 * 2**10 * 2 * 4 // 8  # levels x rows x features x 4 bits
+    assert json.loads(meta["table_rows"]) == {"rows": "reachable", "corner_limit": 2**21}
+    # a proposal grid's coarse levels (resolution 16 over 2^17 rows) reach few of their rows: only those are stored
+    for name in tables:
+        levels, rows = (4, 2**10) if name.startswith("field.") else (5, 2**17)
+        assert tensors[f"{name}.codes"].numel() <= levels * rows * 2 * 4 // 8  # levels x rows x features x 4 bits
+        if not name.startswith("field."):
+            assert tensors[f"{name}.codes"].numel() < 0.7 * levels * rows * 2 * 4 // 8
     assert tensors["field.appearance_mean"].shape == (32,)
     assert {"field.mlp_head.layers.0.weight", "field.mlp_base.1.input_quant.0.qparams"} <= set(tensors)
     checkpoint = next((nerfacto_run.parent / "nerfstudio_models").glob("step-*.ckpt"))
@@ -66,6 +71,36 @@ def test_the_moved_export_renders_what_the_fake_quantized_run_rendered(
     assert abs(default["psnr"] - trained["psnr"]) <= 0.02 and abs(default["ssim"] - trained["ssim"]) <= 1e-3
 
 
+def test_an_export_that_holds_every_table_row_as_files_written_before_loads_and_encodes_the_same(
+    nerfacto_export: Path, nerfacto_run: Path, tmp_path: Path
+):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
+    from nerfqat_plugin.nerfacto.export import TABLE_ROWS, quantized_parts
+    from nerfqat_plugin.quant.pack import pack_bits
+
+    _, trained, _, _ = eval_setup(nerfacto_run, test_mode="inference")
+    config = _copy_with(nerfacto_export, tmp_path / "dense")
+    path = config.parent / WEIGHTS_FILE
+    tensors, meta = read_file(path)
+    for name, table in quantized_parts(trained.model)[0].items():  # every row's code, as the exporter wrote them
+        codes, _ = table.codes()
+        tensors[f"{name}.codes"] = pack_bits(codes.to(torch.int64) + table.qmax, table.bits)
+    del meta[TABLE_ROWS]
+    save_file(tensors, str(path), metadata={**meta, "coding": "{}"})
+    _, dense, _, _ = eval_setup(config, test_mode="inference")
+    _, sparse, _, _ = eval_setup(nerfacto_export / "config.yml", test_mode="inference")
+    points = torch.rand(4096, 3, generator=torch.Generator().manual_seed(0))
+    pairs = [(a, b) for a, b in zip(dense.model.modules(), sparse.model.modules(), strict=True)]
+    encodings = [(a, b) for a, b in pairs if isinstance(a, QuantHashEncoding)]
+    assert len(encodings) == 3
+    # the dense file's unreachable rows (in the proposal grids) hold codes, the export's zeros
+    assert sum(not torch.equal(a.table.weight, b.table.weight) for a, b in encodings) == 2
+    for a, b in encodings:
+        assert torch.equal(a(points), b(points))
+
+
 def test_an_export_for_other_table_sizes_or_with_a_wrong_table_fails_with_one_clear_line(
     nerfacto_export: Path, tmp_path: Path
 ):
@@ -79,9 +114,13 @@ def test_an_export_for_other_table_sizes_or_with_a_wrong_table_fails_with_one_cl
     config = _copy_with(nerfacto_export, tmp_path / "cut")
     path = config.parent / WEIGHTS_FILE
     tensors, meta = read_file(path)
+    save_file(tensors, str(path), metadata={**meta, "coding": "{}", "table_rows": '{"rows": "some"}'})
+    with pytest.raises(Int8ExportError, match="table_rows metadata {'rows': 'some'} is not one this version reads"):
+        eval_setup(config, test_mode="inference")
+    size = tensors["field.mlp_base.0.table.codes"].numel()
     tensors["field.mlp_base.0.table.codes"] = tensors["field.mlp_base.0.table.codes"][:-8].clone()
     save_file(tensors, str(path), metadata={**meta, "coding": "{}"})
-    with pytest.raises(Int8ExportError, match=r"field.mlp_base.0.table.codes has shape \(4088,\)"):
+    with pytest.raises(Int8ExportError, match=rf"field.mlp_base.0.table.codes has shape \({size - 8},\)"):
         eval_setup(config, test_mode="inference")
 
 

@@ -8,7 +8,7 @@ off the features are nerfstudio's, value for value.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List
 
 import torch
 from jaxtyping import Float
@@ -19,6 +19,11 @@ from nerfqat_plugin.quant.table import QuantTable
 
 CORNERS = ("ccc", "cfc", "ffc", "fcc", "ccf", "cff", "fff", "fcf")
 """The eight cell corners per axis (c: ceil, f: floor) in the order nerfstudio gathers and interpolates them."""
+HASH_PRIMES = (1, 2654435761, 805459861)
+"""What nerfstudio's ``hash_fn`` multiplies a corner's x, y, z by before it XORs them (int64)."""
+REACHABLE_CORNER_LIMIT = 1 << 21
+"""A level with at most this many grid corners ((resolution + 1)^3) has its reachable rows enumerated; every row
+of a finer level counts as reachable."""
 
 
 class QuantHashEncoding(HashEncoding):
@@ -46,6 +51,29 @@ class QuantHashEncoding(HashEncoding):
         init = self.hash_table.detach()
         del self.hash_table  # the table lives in self.table
         self.table = QuantTable(num_levels, self.hash_table_size, features_per_level, bits, init)
+        self._reachable: Dict[int, Tensor] = {}  # corner limit -> reachable_rows (fixed by the level resolutions)
+
+    def reachable_rows(self, corner_limit: int = REACHABLE_CORNER_LIMIT) -> Tensor:
+        """Sorted int64 indices of the rows of ``table`` (level * rows_per_level + hash) that a point in [0, 1]^3 can
+        gather: at level l the corners (x, y, z), 0 <= x, y, z <= scalings[l], hashed as ``hash_fn`` hashes them; all
+        rows of a level with more than ``corner_limit`` corners. nerfstudio's nerfacto field and proposal
+        networks pass positions in [0, 1)^3 (they set the others to 0 first), so no other row is ever read (nor
+        trained)."""
+        if corner_limit in self._reachable:
+            return self._reachable[corner_limit]
+        rows_per_level = self.hash_table_size
+        rows: List[Tensor] = []
+        for level, resolution in enumerate(self.scalings.tolist()):
+            n = int(resolution) + 1
+            if n**3 > corner_limit:
+                rows.append(torch.arange(rows_per_level, dtype=torch.int64) + level * rows_per_level)
+                continue
+            i = torch.arange(n, dtype=torch.int64)
+            x, y, z = (i * p for p in HASH_PRIMES)
+            hashed = (x[:, None, None] ^ y[None, :, None]) ^ z[None, None, :]
+            rows.append(torch.unique(hashed.reshape(-1) % rows_per_level) + level * rows_per_level)
+        self._reachable[corner_limit] = torch.cat(rows)
+        return self._reachable[corner_limit]
 
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
         """nerfstudio's trilinear interpolation of the eight gathered corners, each read through the table."""

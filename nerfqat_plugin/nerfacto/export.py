@@ -3,28 +3,31 @@
 Tensors (in ``int8_format``'s file; every name is the module's path in the model):
 
 - each hash table ``<table>`` (the field's grid, the proposal networks'): ``<table>.codes`` uint8, the codes
-  ``+ qmax`` packed ``table_bits`` bits each, row-major ``[levels * rows_per_level, features]``; ``<table>.steps``
-  float32 ``[levels]``: an entry is ``code * steps[level]``;
+  ``+ qmax`` packed ``table_bits`` bits each, row-major ``[rows, features]`` over the table's reachable rows in
+  increasing order (``QuantHashEncoding.reachable_rows``: the rows a point in [0, 1]^3 can gather; a coarse level
+  reaches few of its rows), or over all ``levels * rows_per_level`` rows in files without ``table_rows`` metadata
+  (written before); ``<table>.steps`` float32 ``[levels]``: an entry is ``code * steps[level]``;
 - each MLP ``<mlp>`` (the field's geometry MLP and colour head, each proposal network's): nerf-qat's integer Linear
   tensors (``int8_format.mlp_tensors``: packed weight codes, bf16 scales, fp32 biases, activation ranges);
 - ``field.appearance_mean`` float32 ``[appearance_embed_dim]``: the one appearance vector rendering uses
   (nerfstudio's field renders with the mean of the per-image embeddings), when the model has an appearance
   embedding and renders with its mean.
 
-Loaded, each table holds ``code * step`` in fp32, the product training's fake quantization formed, and reads it
-without quantizing again; the MLPs are integer (``quant.int8``), reproducing training's activation codes; so the
-export renders what the fake-quantized run rendered, value for value.
+Loaded, each table holds ``code * step`` in fp32, the product training's fake quantization formed (0 in the rows
+no point reaches), and reads it without quantizing again; the MLPs are integer (``quant.int8``), reproducing
+training's activation codes; so the export renders what the fake-quantized run rendered, value for value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from nerfqat_plugin.int8_format import Int8ExportError, check_quant, decode, load_mlp_tensors, mlp_tensors, read_file
+from nerfqat_plugin.nerfacto.encoding import REACHABLE_CORNER_LIMIT, QuantHashEncoding
 from nerfqat_plugin.quant.dispatch import Kernel
 from nerfqat_plugin.quant.int8 import set_kernel
 from nerfqat_plugin.quant.mlp import QuantMLP
@@ -51,6 +54,8 @@ ARCHITECTURE_FIELDS = (
 )
 """Model config fields that fix the export's tensors (recorded in the file, checked when it is loaded)."""
 APPEARANCE = "field.appearance_mean"
+TABLE_ROWS = "table_rows"
+"""Metadata: which rows of each table the file holds (``{"rows": "reachable", "corner_limit": N}``; absent: all)."""
 
 
 def architecture(config: Any) -> Dict[str, object]:
@@ -75,6 +80,23 @@ def quantized_parts(model: nn.Module) -> Tuple[Dict[str, QuantTable], Dict[str, 
     return tables, mlps
 
 
+def table_rows_metadata() -> Dict[str, object]:
+    """What this version writes under ``TABLE_ROWS``."""
+    return {"rows": "reachable", "corner_limit": REACHABLE_CORNER_LIMIT}
+
+
+def stored_rows(model: nn.Module, rows_metadata: Optional[Dict[str, object]]) -> Dict[str, Optional[Tensor]]:
+    """Per table (by path): the rows a file with ``rows_metadata`` holds, increasing (None: all of them)."""
+    encodings = {f"{name}.table": m for name, m in model.named_modules() if isinstance(m, QuantHashEncoding)}
+    rows: Dict[str, Optional[Tensor]] = {}
+    for name in quantized_parts(model)[0]:
+        if rows_metadata is None or name not in encodings:
+            rows[name] = None
+        else:
+            rows[name] = encodings[name].reachable_rows(int(rows_metadata["corner_limit"]))
+    return rows
+
+
 def _renders_with_mean_appearance(model: nn.Module) -> bool:
     return model.field.embedding_appearance is not None and model.config.use_average_appearance_embedding
 
@@ -83,10 +105,12 @@ def _renders_with_mean_appearance(model: nn.Module) -> bool:
 def export_tensors(model: nn.Module) -> Dict[str, Tensor]:
     """The file's tensors for a trained (fake-quantized) nerfacto-qat model."""
     tables, mlps = quantized_parts(model)
+    rows = stored_rows(model, table_rows_metadata())
     out: Dict[str, Tensor] = {}
     for name, table in tables.items():
         codes, steps = table.codes()
-        out[f"{name}.codes"] = pack_bits(codes.to(torch.int64) + table.qmax, table.bits)
+        kept = codes if rows[name] is None else codes[rows[name].to(codes.device)]
+        out[f"{name}.codes"] = pack_bits(kept.to(torch.int64) + table.qmax, table.bits)
         out[f"{name}.steps"] = steps.float()
     for name, mlp in mlps.items():
         out.update(mlp_tensors(mlp, f"{name}.", model.config.quant))
@@ -129,7 +153,15 @@ def load_export(model: nn.Module, path: Path, kernel: Kernel, compile: bool) -> 
         detail = ", ".join(f"{k} {found.get(k)!r} in the file, {expected_arch.get(k)!r} in the config" for k in differ)
         raise Int8ExportError(f"{path}: written for another nerfacto-qat architecture: {detail}")
     quant = check_quant(metadata, model.config.quant, path)
+    rows_metadata = decode(metadata, TABLE_ROWS) if TABLE_ROWS in metadata else None
+    if rows_metadata is not None and (
+        not isinstance(rows_metadata, dict)
+        or rows_metadata.get("rows") != "reachable"
+        or not isinstance(rows_metadata.get("corner_limit"), int)
+    ):
+        raise Int8ExportError(f"{path}: {TABLE_ROWS} metadata {rows_metadata!r} is not one this version reads")
     tables, mlps = quantized_parts(model)
+    rows = stored_rows(model, rows_metadata)
     expected = set(export_tensors_names(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -137,24 +169,28 @@ def load_export(model: nn.Module, path: Path, kernel: Kernel, compile: bool) -> 
             f"{path}: tensors differ from the config's model (missing {missing[:3]}, extra {extra[:3]})"
         )
     for name, table in tables.items():  # check every table before changing any
-        rows = table.groups * table.rows_per_group
-        for key, shape in ((f"{name}.codes", (packed_nbytes(rows * table.features, table.bits),)),
+        total = table.groups * table.rows_per_group
+        held = total if rows[name] is None else len(rows[name])
+        for key, shape in ((f"{name}.codes", (packed_nbytes(held * table.features, table.bits),)),
                            (f"{name}.steps", (table.groups,))):  # fmt: skip
             if tuple(tensors[key].shape) != shape:
                 raise Int8ExportError(
                     f"{path}: {key} has shape {tuple(tensors[key].shape)}, the config's table needs {shape} "
-                    f"({table.groups} levels x {table.rows_per_group} rows x {table.features} features, "
-                    f"{table.bits} bits)"
+                    f"({held} of its {table.groups} levels x {table.rows_per_group} rows, x {table.features} "
+                    f"features, {table.bits} bits)"
                 )
         steps = tensors[f"{name}.steps"]
         if not bool(torch.isfinite(steps).all() & (steps > 0).all()):
             raise Int8ExportError(f"{path}: {name}.steps holds steps that are not positive and finite")
     for name, table in tables.items():
-        rows = table.groups * table.rows_per_group
-        codes = unpack_bits(tensors[f"{name}.codes"], table.bits, rows * table.features) - table.qmax
+        total = table.groups * table.rows_per_group
+        held = torch.arange(total) if rows[name] is None else rows[name]
+        codes = unpack_bits(tensors[f"{name}.codes"], table.bits, len(held) * table.features) - table.qmax
         steps = tensors[f"{name}.steps"].to(table.weight.device)
         per_row = steps.repeat_interleave(table.rows_per_group)[:, None]
-        table.weight.copy_(codes.reshape(rows, table.features).float().to(per_row.device) * per_row)
+        full = torch.zeros(total, table.features, dtype=torch.int64)
+        full[held] = codes.reshape(len(held), table.features).to(torch.int64)
+        table.weight.copy_(full.float().to(per_row.device) * per_row)
         table.log_step.copy_(torch.log(steps))
         table.calibrated.fill_(True)
         table.quant_active = False  # the values are already code * step
@@ -182,7 +218,13 @@ def export_tensors_names(model: nn.Module) -> list:
 def table_summary(model: nn.Module) -> Dict[str, Tuple[str, str]]:
     """For the exporter's printed table: each table's codes tensor -> (its shape, what it holds)."""
     tables, _ = quantized_parts(model)
-    return {
-        f"{name}.codes": (f"{t.groups}x{t.rows_per_group}x{t.features}", f"{t.bits}-bit packed table codes")
-        for name, t in tables.items()
-    }
+    rows = stored_rows(model, table_rows_metadata())
+    summary = {}
+    for name, t in tables.items():
+        total = t.groups * t.rows_per_group
+        held = total if rows[name] is None else len(rows[name])
+        summary[f"{name}.codes"] = (
+            f"{held}x{t.features} ({t.groups}x{t.rows_per_group} rows, {held / total:.0%} reachable)",
+            f"{t.bits}-bit packed table codes",
+        )
+    return summary

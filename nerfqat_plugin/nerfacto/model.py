@@ -143,7 +143,7 @@ class NerfactoQATModel(NerfactoModel):
         return export.export_tensors(self)
 
     def export_metadata(self) -> Dict[str, object]:
-        return {"architecture": export.architecture(self.config)}
+        return {"architecture": export.architecture(self.config), export.TABLE_ROWS: export.table_rows_metadata()}
 
     def export_descriptions(self) -> Dict[str, Tuple[str, str]]:
         mlps = {name + ".": mlp for name, mlp in export.quantized_parts(self)[1].items()}
