@@ -43,7 +43,7 @@ def test_dry_run_trains_side_by_side_stops_on_time_and_compares_at_a_common_step
     out = tmp_path / "report" / "fern_tiny"
     cmd = [
         sys.executable, str(SCRIPT), "--preset", "tiny", "--data", str(scene), "--workdir", str(tmp_path / "runs"),
-        "--output", str(out), "--steps", "100000", "--save-every", "5", "--train-seconds", "30",
+        "--output", str(out), "--steps", "100000", "--save-every", "5", "--train-seconds", "60",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=command_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
