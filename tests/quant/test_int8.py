@@ -51,23 +51,28 @@ def test_integer_mlp_is_bit_exact_with_fake_quantization(config, kernel):
 
 
 FUSED_CONFIGS = [QuantConfig(activation_bits=7), QuantConfig(activation_bits=7, fused=False), QuantConfig()]
-"""7-bit activations: oneDNN's int8 product is exact on every x86 CPU, so its fused kernel runs here whatever the
-class (with VNNI the 8-bit one too; without, "onednn" resolves to an exact kernel)."""
+"""7-bit activations: oneDNN's int8 product is exact on every x86 CPU, so a named "onednn" runs its fused kernel
+here whatever the class (with VNNI the 8-bit one too; without, "onednn" resolves to an exact kernel)."""
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
 @pytest.mark.parametrize("config", FUSED_CONFIGS, ids=["w8a7", "w8a7-unfused", "w8a8"])
-def test_fused_onednn_kernel_is_bit_exact_with_fake_quantization(config):
-    """oneDNN's fused kernel requantizes in the order ``rounding`` uses, so it gives training's codes bit for bit:
-    every activation code of the first layer, and the density and colour at the end (two-input layers included)."""
+def test_fused_onednn_kernel_is_used_only_where_the_self_check_finds_it_exact(config):
+    """Where ``fused_exact`` finds oneDNN's fused kernel rounding as training does (its requantization and its float
+    epilogue), the kernel gives training's codes bit for bit: every activation code of the first layer, and the
+    density and colour at the end (two-input layers included). Where it does not (an AVX-512 oneDNN scales the
+    accumulator by the input's scale, then the weight's; training and an AVX2 oneDNN by their product), "auto" never
+    runs the fused kernel and stays bit-exact."""
     mlp = _trained_mlp(config)
+    exact = int8.fused_exact(config.activation_qmax, config.weight_qmax)
     int_mlp = convert_to_int(copy.deepcopy(mlp))
-    set_kernel(int_mlp, "onednn", compile=False)
+    set_kernel(int_mlp, "onednn" if exact else "auto", compile=False)
     layers = [m for m in int_mlp.modules() if isinstance(m, IntLinear)]
     kernels = {m.resolved_kernel(torch.device("cpu")) for m in layers}
-    if config.activation_bits == 7:
+    if exact and config.activation_bits == 7:
         assert kernels == {FUSED}, kernels
-        assert int8.fused_exact(config.activation_qmax, config.weight_qmax)
+    if not exact:
+        assert FUSED not in kernels, kernels
     pos, dirs = torch.rand(20000, 63) * 2 - 1, torch.rand(20000, 27) * 2 - 1
     with torch.no_grad():
         hq = mlp.trunk[0](mlp.position_quant(pos))
@@ -77,20 +82,47 @@ def test_fused_onednn_kernel_is_bit_exact_with_fake_quantization(config):
         assert torch.equal(got, expected), f"{kernels}: max difference {(got - expected).abs().max().item()}"
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
-def test_fused_self_check_catches_a_requantization_in_another_order(monkeypatch):
-    """Rounding ``y / scale`` (not ``y * (1 / scale)``), or adding the zero point after the rounding, changes about
-    one code in 10^6: the self-check still finds it (7-bit codes, so the fused kernel runs on every x86 CPU)."""
+def _stand_in_fused(grid=None, scales_one_after_the_other=False):
+    """A fused kernel that computes as training does, except for the requantization's ``grid`` (training's
+    ``rounding.grid`` if None) or for scaling the accumulator by the input's scale, then by the weight's."""
     from nerfqat_plugin.quant import rounding
 
+    def fused(layer, inputs, compile):
+        accs = int8._accumulate([tuple(x) for x in inputs], layer._float_weights, layer._float_row_sums, "fp32")
+        if scales_one_after_the_other:
+            parts = [(acc * x.scale) * layer.weight_scale for acc, x in zip(accs, inputs, strict=True)]
+            y = parts[-1] + layer.bias
+            for part in parts[:-1]:
+                y = y + part
+        else:
+            y = rounding.rescale(accs, [x.scale for x in inputs], layer.weight_scale, layer.bias)
+        if layer.out_scale is None:
+            return y
+        v = torch.relu(y) if layer.relu == "fused" else y
+        q = (grid or rounding.grid)(v, layer.out_scale, layer.out_zero_point, 0, layer.act_qmax)
+        return torch.maximum(q, layer.out_zero_point) if layer.relu == "unfused" else q
+
+    return fused
+
+
+def test_fused_self_check_catches_a_kernel_that_rounds_in_another_order(monkeypatch):
+    """Rounding ``y / scale`` (not ``y * (1 / scale)``), adding the zero point after the rounding, or scaling the
+    accumulator by one scale after the other changes one value in 10^5 or 10^6: the self-check still finds each.
+    The fused kernel is a stand-in here, so the check is tested on every CPU, with or without oneDNN."""
+    monkeypatch.setattr(int8, "onednn_exact", lambda act_qmax, weight_qmax: True)
+    int8.fused_exact.cache_clear()
+    monkeypatch.setattr(IntLinear, "_onednn_fused", _stand_in_fused())
     assert int8.fused_exact(127, 127)
     others = {
-        "divide": lambda x, s, zp, lo, hi: torch.clamp(torch.round(x / s) + zp, lo, hi),
-        "zero point after rounding": lambda x, s, zp, lo, hi: torch.clamp(torch.round(x * (1.0 / s)) + zp, lo, hi),
+        "divide": _stand_in_fused(lambda x, s, zp, lo, hi: torch.clamp(torch.round(x / s) + zp, lo, hi)),
+        "zero point after rounding": _stand_in_fused(
+            lambda x, s, zp, lo, hi: torch.clamp(torch.round(x * (1.0 / s)) + zp, lo, hi)
+        ),
+        "one scale after the other": _stand_in_fused(scales_one_after_the_other=True),
     }
-    for name, grid in others.items():
+    for name, fused in others.items():
         int8.fused_exact.cache_clear()
-        monkeypatch.setattr(rounding, "grid", grid)
+        monkeypatch.setattr(IntLinear, "_onednn_fused", fused)
         assert not int8.fused_exact(127, 127), name
     int8.fused_exact.cache_clear()
 
