@@ -22,6 +22,8 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.viewer.viewer_elements import ViewerControl
 from torch.utils.data.distributed import DistributedSampler
 
+from nerfqat_plugin.ndc import ndc_space
+
 PLACEHOLDER_LEVEL = 128
 """Grey level of a missing image."""
 
@@ -126,7 +128,7 @@ class NeRFQATDataManager(VanillaDataManager[SceneImages]):
             # datamanager's sampler unset; pixels are drawn at random per process (seeded per rank) all the same
             self.train_sampler = DistributedSampler(self.train_dataset)
         self.viewer_start: Optional[StartCamera] = None
-        if self.train_dataset is not None and self.train_dataset.metadata.get("ndc"):
+        if self.train_dataset is not None and ndc_space("auto", self.train_dataset.metadata) is not None:
             self.viewer_start = StartCamera.nearest_to_mean(self.train_dataset.cameras)
 
     def setup_eval(self) -> None:

@@ -1,15 +1,15 @@
 """The integer export file: safetensors tensors plus string metadata, readable with ``safetensors`` alone.
 
 docs/int8-format.md specifies the file and the computation it stands for; docs/int8_decoder.py runs it with NumPy
-alone. In short, per MLP (prefix ``coarse.`` or ``fine.``), for each Linear ``<name>``:
+alone. This module is the container every method shares (the file, its metadata, its coding, and the tensors of a
+quantized MLP); what a method stores beside them is its own export module's (``nerf.export``, ``nerfacto.export``).
+In short, per MLP (nerf-qat: prefix ``coarse.`` or ``fine.``), for each Linear ``<name>``:
   ``<name>.weight``        uint8, packed weight codes: ``code + qmax`` in ``weight_bits`` bits (``quant.pack``)
   ``<name>.weight_scale``  bfloat16 [out], one scale per output channel (weight = code * scale)
   ``<name>.bias``          float32 [out]
 and for each activation quantizer ``<name>`` (``<linear>.out_quant`` or an input quantizer):
   ``<name>.qparams``       float32 [2] = (scale, zero_point); value = (code - zero_point) * scale, code in
                            [0, 2**activation_bits - 1]
-and, when the model was trained with the occupancy sampler (no coarse MLP then):
-  ``occupancy.bits``       uint8, the occupancy grid's bitfield, zlib-compressed (``OccupancyGrid.packed``)
 Metadata: ``format``, ``format_version``, ``architecture`` / ``quant`` / ``dataparser`` / ``scene`` / ``render`` (JSON;
 ``render``: the model's ``render_settings``, absent in exports made before it),
 ``scene_record_sha256`` (of the export's cameras.json), ``step`` and ``source_checkpoint_sha256``, and ``coding``.
@@ -32,8 +32,7 @@ from torch import Tensor, nn
 
 from nerfqat_plugin import coding
 from nerfqat_plugin.quant.config import QuantConfig
-from nerfqat_plugin.quant.dispatch import Kernel
-from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear, convert_to_int, layer_tensors, set_kernel
+from nerfqat_plugin.quant.int8 import IntActQuantizer, IntLinear, convert_to_int, layer_tensors
 from nerfqat_plugin.quant.layers import ActQuantizer, QuantLinear
 from nerfqat_plugin.quant.pack import pack_bits, packed_nbytes, unpack_bits
 
@@ -44,53 +43,8 @@ READABLE_VERSIONS = ("1", "2")
 WEIGHTS_FILE = "model.safetensors"
 
 
-ARCHITECTURE_FIELDS = (
-    "num_layers",
-    "layer_width",
-    "skip_layer",
-    "view_width",
-    "position_frequencies",
-    "direction_frequencies",
-)
-"""Model config fields that fix the MLPs' tensors and inputs (recorded in the file with the encoding)."""
-PREFIXES = ("coarse.", "fine.")
-"""Tensor name prefixes of the coarse and fine MLPs (a model with the occupancy sampler has the fine one alone)."""
-GRID_TENSOR = "occupancy.bits"
-"""The occupancy grid's compressed bitfield (occupancy sampler only)."""
-
-
 class Int8ExportError(ValueError):
     """A problem with an integer export file; the message names the file and what is wrong."""
-
-
-def architecture(model_config: Any, encoding: str) -> Dict[str, object]:
-    """What fixes the MLPs' tensors and inputs: the ``ARCHITECTURE_FIELDS`` of a model config and the encoding
-    implementation ('torch' or 'tcnn', whose features differ in order and scale)."""
-    arch: Dict[str, object] = {name: int(getattr(model_config, name)) for name in ARCHITECTURE_FIELDS}
-    arch["encoding"] = encoding
-    return arch
-
-
-def load_weights(
-    path: Path, mlps: Dict[str, nn.Module], arch: Dict[str, object], quant: QuantConfig, kernel: Kernel, compile: bool
-) -> Dict[str, Tensor]:
-    """Make freshly built (fake-quantized) MLPs (by tensor-name prefix) integer ones holding the file's weights,
-    after checking that the file was written for this architecture and quantization and holds exactly these MLPs;
-    ``Int8ExportError`` naming the file otherwise. The file's tensors."""
-    tensors, metadata = read_file(path)
-    found = decode(metadata, "architecture")
-    if found != arch:
-        raise Int8ExportError(f"{path}: architecture {found} does not match the config's {arch}")
-    file_quant = check_quant(metadata, quant, path)
-    found_mlps = [p for p in PREFIXES if any(k.startswith(p) for k in tensors)]
-    if found_mlps != list(mlps):
-        raise Int8ExportError(
-            f"{path}: holds the MLPs {[p[:-1] for p in found_mlps]}, the config's sampler uses {[p[:-1] for p in mlps]}"
-        )
-    for prefix, mlp in mlps.items():
-        load_mlp_tensors(mlp, tensors, prefix, file_quant, path)
-        set_kernel(mlp, kernel, compile)
-    return tensors
 
 
 def check_quant(metadata: Dict[str, str], quant: QuantConfig, path: Path) -> QuantConfig:

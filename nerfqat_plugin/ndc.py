@@ -7,15 +7,54 @@ A pinhole camera that looks down -z maps the half-space beyond the plane ``z = -
 so the near plane lands on z_ndc = -1 and infinite depth on z_ndc = +1. The map is projective, so straight rays
 stay straight: a world ray becomes the segment ``o_ndc + s * d_ndc``, s in [0, 1], and s grows linearly with
 inverse depth (s = 1 - near / depth). Sampling s uniformly therefore samples the scene linearly in disparity.
+
+Whether a scene is rendered in NDC is decided here alone (``ndc_space``): the model's collider, sampler spacing,
+density scale and export metadata, the viewer's start camera and nerfacto-qat's refusal all ask it.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Literal, Mapping, Optional, Tuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+NDCMode = Literal["auto", "on", "off"]
+"""A model's choice: 'auto' follows the dataparser (llff-data's --ndc flag), 'on' needs its NDC parameters."""
+
+
+@dataclass(frozen=True)
+class NDCSpace:
+    """The NDC space of a forward-facing scene: the pinhole camera that defines it (the first training camera at the
+    resolution read, in pixels) and the depth of the plane that becomes z_ndc = -1."""
+
+    focal_x: float
+    focal_y: float
+    width: float
+    height: float
+    near: float = 1.0
+
+    def warp(self, origins: Tensor, directions: Tensor) -> Tuple[Tensor, Tensor]:
+        """``ndc_rays`` in this space."""
+        return ndc_rays(origins, directions, self.focal_x, self.focal_y, self.width, self.height, self.near)
+
+
+def ndc_space(mode: NDCMode, metadata: Mapping[str, object]) -> Optional[NDCSpace]:
+    """The NDC space rays are rendered in, or None for world space: the one place that decides it. 'auto' takes NDC
+    where the dataparser asks for it (``metadata['ndc']``, llff-data's --ndc), 'on' wherever it gives the space
+    (``metadata['ndc_params']``), 'off' never."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"NDC mode must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode == "off" or (mode == "auto" and not metadata.get("ndc")):
+        return None
+    p = metadata.get("ndc_params")
+    if not isinstance(p, Mapping):
+        raise ValueError("--pipeline.model.ndc on needs NDC parameters from the dataparser: use llff-data")
+    return NDCSpace(
+        float(p["focal_x"]), float(p["focal_y"]), float(p["width"]), float(p["height"]), float(p["near_plane"])
+    )
 
 
 def ndc_rays(

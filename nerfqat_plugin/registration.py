@@ -12,7 +12,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from nerfqat_plugin.datamanager import NeRFQATDataManager
 from nerfqat_plugin.llff import LLFFDataParserConfig
-from nerfqat_plugin.model import NeRFQATModelConfig
+from nerfqat_plugin.nerf.model import NeRFQATModelConfig
 from nerfqat_plugin.nerfacto.model import NerfactoQATModelConfig
 from nerfqat_plugin.schedulers import ExponentialLRConfig
 from nerfqat_plugin.startup import patch_external_method_check

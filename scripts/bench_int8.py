@@ -50,7 +50,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: str 
 
 
 def mlp_benchmark(batch: int, repeats: int, device: str) -> Dict[str, object]:
-    from nerfqat_plugin.mlp import NeRFMLP
+    from nerfqat_plugin.nerf.mlp import NeRFMLP
     from nerfqat_plugin.quant import QuantConfig, set_quant_state
     from nerfqat_plugin.quant.int8 import IntLinear, convert_to_int, set_kernel
 

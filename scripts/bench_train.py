@@ -209,7 +209,7 @@ class BenchTrain:
         return times
 
     def _time_bare_mlp(self, device: str, samples: int, precision: str) -> List[float]:
-        from nerfqat_plugin.mlp import NeRFMLP
+        from nerfqat_plugin.nerf.mlp import NeRFMLP
         from nerfqat_plugin.quant.config import QuantConfig
 
         torch.manual_seed(0)

@@ -27,7 +27,7 @@ from nerfqat_plugin.tools.runs import machine, machine_line
 
 STEP = """
 import json, statistics, sys, time, torch
-from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.nerf.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, set_quant_state, set_train_kernels
 torch.manual_seed(0)
 n = 16384

@@ -15,7 +15,7 @@ from tests.conftest import eval_in_process, run_ns, train_args
 
 
 def test_observer_ranges_are_those_of_one_process_fed_every_rank_batch(tmp_path: Path):
-    from nerfqat_plugin.mlp import NeRFMLP
+    from nerfqat_plugin.nerf.mlp import NeRFMLP
     from nerfqat_plugin.quant import QuantConfig, set_quant_state
 
     steps = 3

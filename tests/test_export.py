@@ -13,7 +13,7 @@ import yaml
 from safetensors import safe_open
 
 from nerfqat_plugin.int8_format import FORMAT_VERSION, WEIGHTS_FILE, Int8ExportError, mlp_tensors, read_file, write_file
-from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.nerf.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig
 from nerfqat_plugin.tools.runs import CommandFailed
 from tests.conftest import eval_in_process, run_ns

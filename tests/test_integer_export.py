@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from nerfqat_plugin.integer_export import IntegerExport
-from nerfqat_plugin.model import NeRFQATModel
+from nerfqat_plugin.nerf.model import NeRFQATModel
 from nerfqat_plugin.nerfacto.model import NerfactoQATModel
 
 MEMBERS = [name for name, value in vars(IntegerExport).items() if inspect.isfunction(value) and name[0] != "_"]

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.nerf.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, set_quant_state
 from nerfqat_plugin.quant.size import quantized_nbytes
 

@@ -4,7 +4,7 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
-from nerfqat_plugin.model import NeRFQATModel, NeRFQATModelConfig
+from nerfqat_plugin.nerf.model import NeRFQATModel, NeRFQATModelConfig
 from nerfqat_plugin.quant import QuantConfig
 
 

@@ -9,9 +9,9 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.model_components.ray_samplers import LinearDisparitySampler, UniformSampler
 from nerfstudio.model_components.scene_colliders import NearFarCollider
 
-from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider
-from nerfqat_plugin.model import NeRFQATModelConfig
-from nerfqat_plugin.ndc import ndc_points, ndc_rays
+from nerfqat_plugin.ndc import NDCSpace, ndc_points, ndc_rays, ndc_space
+from nerfqat_plugin.nerf.colliders import AxisDepthCollider, NDCCollider
+from nerfqat_plugin.nerf.model import NeRFQATModelConfig
 
 # a 100 x 50 camera with focal 50: sx = 2 * 50 / 100 = 1, sy = 2 * 50 / 50 = 2
 CAM = dict(focal_x=50.0, focal_y=50.0, width=100.0, height=50.0)
@@ -162,6 +162,28 @@ def test_without_metadata_the_collider_decides():
     assert model.collider(bundle) is bundle
     torch.testing.assert_close(bundle.nears, torch.full((5, 1), 2.0))  # kept at inference (eval mode)
     assert (model.collider.near_plane, model.collider.far_plane) == (2.0, 6.0)
+
+
+def test_the_one_ndc_decision_follows_the_dataparser_unless_the_model_overrides_it():
+    space = NDCSpace(50.0, 50.0, 100.0, 50.0, 1.0)
+    assert ndc_space("auto", LLFF_METADATA) == space
+    assert ndc_space("auto", {**LLFF_METADATA, "ndc": False}) is None  # llff-data --ndc False
+    assert ndc_space("on", {**LLFF_METADATA, "ndc": False}) == space
+    assert ndc_space("off", LLFF_METADATA) is None
+    assert ndc_space("auto", {}) is None  # Blender and other dataparsers: world space
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off', got 'yes'"):
+        ndc_space("yes", LLFF_METADATA)  # type: ignore[arg-type]
+    model = _model(LLFF_METADATA)
+    assert model.ndc == space and model.render_settings()["rays"] == {"kind": "ndc", **CAM, "near": 1.0}
+
+
+def test_nerfacto_qat_refuses_a_scene_in_ndc_naming_the_setting():
+    from nerfqat_plugin.nerfacto.model import NerfactoQATModelConfig
+
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+    config = NerfactoQATModelConfig(implementation="torch")
+    with pytest.raises(ValueError, match="llff-data --ndc False"):
+        config.setup(scene_box=box, num_train_data=4, metadata=LLFF_METADATA)
 
 
 def test_ndc_on_without_parameters_is_refused():

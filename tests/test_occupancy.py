@@ -11,8 +11,8 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 
-from nerfqat_plugin.model import NeRFQATModel, NeRFQATModelConfig
-from nerfqat_plugin.occupancy import OccupancyConfig, OccupancyGrid
+from nerfqat_plugin.nerf.model import NeRFQATModel, NeRFQATModelConfig
+from nerfqat_plugin.nerf.occupancy import OccupancyConfig, OccupancyGrid
 from nerfqat_plugin.quant import QuantConfig
 from nerfqat_plugin.quant.layers import ActQuantizer
 from tests.conftest import load_file
@@ -235,7 +235,8 @@ def test_export_carries_the_grid_bit_for_bit_and_renders_as_its_fake_quantized_r
 ):
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from nerfqat_plugin.int8_format import GRID_TENSOR, read_file
+    from nerfqat_plugin.int8_format import read_file
+    from nerfqat_plugin.nerf.export import GRID_TENSOR
     from nerfqat_plugin.quant.int8 import set_kernel
 
     _, trained, _, _ = eval_setup(occupancy_run, test_mode="inference")

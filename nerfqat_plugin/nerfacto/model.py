@@ -22,6 +22,7 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor, nn
 
 from nerfqat_plugin.integer_export import linear_descriptions
+from nerfqat_plugin.ndc import ndc_space
 from nerfqat_plugin.nerfacto import export
 from nerfqat_plugin.nerfacto.encoding import QuantHashEncoding
 from nerfqat_plugin.offline import offline_lpips
@@ -82,6 +83,11 @@ class NerfactoQATModel(NerfactoModel):
         if cfg.predict_normals:
             raise ValueError(
                 "nerfacto-qat: --pipeline.model.predict-normals is not supported (its MLP is not quantized)"
+            )
+        if ndc_space("auto", self.kwargs.get("metadata") or {}) is not None:
+            raise ValueError(
+                "nerfacto-qat renders in world space (nerfstudio's scene contraction), not in NDC: train it with "
+                "llff-data --ndc False (nerfacto-qat's default)"
             )
         with offline_lpips():  # nerfstudio's LPIPS would download AlexNet here
             super().populate_modules()

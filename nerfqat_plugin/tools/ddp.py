@@ -113,7 +113,7 @@ class Worker:
     def observers(self) -> Dict[str, object]:
         """Batch ``i`` of rank ``r`` is known (a function of ``r`` and ``i``); fp32 warm-up, so what the observers see
         does not depend on the ranges: buffers must equal those of one process fed both ranks' batches."""
-        from nerfqat_plugin.mlp import NeRFMLP
+        from nerfqat_plugin.nerf.mlp import NeRFMLP
         from nerfqat_plugin.quant import QuantConfig, set_quant_state
         from nerfqat_plugin.quant.distributed import sync_observers
 

@@ -7,7 +7,7 @@ from typing import Optional
 import pytest
 import torch
 
-from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.nerf.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, dispatch, set_quant_state, set_train_kernels
 from nerfqat_plugin.quant.dispatch import FP32, TrainPath, int8_kernel, onednn_exact, pick, train_path
 from nerfqat_plugin.quant.int8 import IntLinear, convert_to_int, set_kernel

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nerfqat_plugin.mlp import NeRFMLP
+from nerfqat_plugin.nerf.mlp import NeRFMLP
 from nerfqat_plugin.quant import QuantConfig, int8, set_quant_state
 from nerfqat_plugin.quant.dispatch import FUSED, int8_candidates
 from nerfqat_plugin.quant.int8 import IntLinear, IntTensor, convert_to_int, set_kernel
@@ -203,7 +203,7 @@ def test_layers_of_float_and_integer_products_mixed_hand_codes_on_exactly(monkey
 def test_one_compiled_graph_per_mlp_gives_the_fake_quantized_outputs(config):
     """Float products (and _int_mm) let a whole integer MLP compile as one graph (what CPU rendering runs): the
     same density and RGB logits, bit for bit; oneDNN's kernels keep their own calls."""
-    from nerfqat_plugin.field import _mlp_outputs
+    from nerfqat_plugin.nerf.field import _mlp_outputs
     from nerfqat_plugin.quant.compiled import call, eager_functions
 
     mlp = _trained_mlp(config)

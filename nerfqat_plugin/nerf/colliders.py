@@ -1,4 +1,5 @@
-"""Where rays start and end: one collider per model, chosen once from the config and the dataparser's metadata.
+"""Where rays start and end: one collider per model, chosen once from the scene's NDC space (``ndc.ndc_space``) and
+the dataparser's metadata.
 
 - ``NDCCollider``: forward-facing scenes (llff-data with ``--ndc``): warps rays to normalized device coordinates,
   where every ray runs from 0 to 1, and keeps the world viewing direction for the color branch.
@@ -10,15 +11,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.model_components.scene_colliders import NearFarCollider, SceneCollider
 
-from nerfqat_plugin.ndc import ndc_rays
-
-NDCMode = Literal["auto", "on", "off"]
+from nerfqat_plugin.ndc import NDCSpace
 
 
 class NDCCollider(SceneCollider):
@@ -27,12 +26,12 @@ class NDCCollider(SceneCollider):
     near_plane = 0.0
     far_plane = 1.0
 
-    def __init__(self, focal_x: float, focal_y: float, width: float, height: float, near_plane: float = 1.0) -> None:
+    def __init__(self, space: NDCSpace) -> None:
         super().__init__()
-        self.params = dict(focal_x=focal_x, focal_y=focal_y, width=width, height=height, near=near_plane)
+        self.space = space
 
     def forward(self, ray_bundle: RayBundle) -> RayBundle:  # always warps, whatever nears and fars it came with
-        origins, directions = ndc_rays(ray_bundle.origins, ray_bundle.directions, **self.params)
+        origins, directions = self.space.warp(ray_bundle.origins, ray_bundle.directions)
         ones = torch.ones_like(origins[..., :1])
         return RayBundle(
             origins=origins,
@@ -66,16 +65,12 @@ class AxisDepthCollider(NearFarCollider):
 
 
 def scene_collider(
-    ndc: NDCMode, metadata: Mapping[str, object], collider_params: Optional[Dict[str, float]]
+    ndc: Optional[NDCSpace], metadata: Mapping[str, object], collider_params: Optional[Dict[str, float]]
 ) -> SceneCollider:
-    """The collider of a model: NDC when ``ndc`` says so ('auto': as llff-data's --ndc flag), else the dataparser's
-    near/far depths when it gives them, else ``collider_params``."""
-    ndc_params = metadata.get("ndc_params")
-    if ndc == "on" or (ndc == "auto" and bool(metadata.get("ndc"))):
-        if not isinstance(ndc_params, Mapping):
-            raise ValueError("--pipeline.model.ndc on needs NDC parameters from the dataparser: use llff-data")
-        p = ndc_params
-        return NDCCollider(p["focal_x"], p["focal_y"], p["width"], p["height"], p["near_plane"])  # type: ignore[arg-type]
+    """The collider of a model: NDC in the scene's NDC space if it has one, else the dataparser's near/far depths
+    when it gives them, else ``collider_params``."""
+    if ndc is not None:
+        return NDCCollider(ndc)
     if "near_plane" in metadata and "far_plane" in metadata:
         return AxisDepthCollider(float(metadata["near_plane"]), float(metadata["far_plane"]))  # type: ignore[arg-type]
     if collider_params is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
@@ -18,13 +18,15 @@ from nerfstudio.utils import colormaps, misc
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from nerfqat_plugin.colliders import AxisDepthCollider, NDCCollider, NDCMode, scene_collider
-from nerfqat_plugin.field import EncodingImpl, QuantNeRFField, nerf_encoding, view_directions
-from nerfqat_plugin.int8_format import GRID_TENSOR, Int8ExportError, architecture, load_weights, mlp_tensors
+from nerfqat_plugin.int8_format import Int8ExportError, mlp_tensors
 from nerfqat_plugin.integer_export import linear_descriptions
 from nerfqat_plugin.lpips import OfflineLPIPS
-from nerfqat_plugin.mlp import NeRFMLP
-from nerfqat_plugin.occupancy import OccupancyConfig, OccupancyGrid, evaluating, march
+from nerfqat_plugin.ndc import NDCMode, ndc_space
+from nerfqat_plugin.nerf.colliders import AxisDepthCollider, scene_collider
+from nerfqat_plugin.nerf.export import GRID_TENSOR, architecture, load_weights
+from nerfqat_plugin.nerf.field import EncodingImpl, QuantNeRFField, nerf_encoding, view_directions
+from nerfqat_plugin.nerf.mlp import NeRFMLP
+from nerfqat_plugin.nerf.occupancy import OccupancyConfig, OccupancyGrid, evaluating, march
 from nerfqat_plugin.qat_callbacks import apply_schedule, schedule_callbacks
 from nerfqat_plugin.quant.config import QuantConfig
 from nerfqat_plugin.quant.dispatch import Kernel, MatmulMode
@@ -118,11 +120,14 @@ class NeRFQATModel(Model):
 
     def populate_modules(self) -> None:
         cfg = self.config
-        self.collider = scene_collider(cfg.ndc, self.kwargs.get("metadata") or {}, cfg.collider_params)
+        metadata = self.kwargs.get("metadata") or {}
+        self.ndc = ndc_space(cfg.ndc, metadata)
+        """The NDC space rays are rendered in (forward-facing scenes), or None."""
+        self.collider = scene_collider(self.ndc, metadata, cfg.collider_params)
         hierarchical = cfg.sampler == "hierarchical"
         self.field_coarse: Optional[QuantNeRFField] = self._make_field() if hierarchical else None
         self.field_fine = self._make_field()
-        lindisp = cfg.lindisp and not isinstance(self.collider, NDCCollider)
+        lindisp = cfg.lindisp and self.ndc is None
         if lindisp and not self.collider.near_plane > 0:  # type: ignore[operator]
             raise ValueError(f"--pipeline.model.lindisp needs a near plane > 0, got {self.collider.near_plane}")
         sampler = LinearDisparitySampler if lindisp else UniformSampler
@@ -213,7 +218,7 @@ class NeRFQATModel(Model):
         return self.size_metrics()["model_bytes_fp32"]
 
     def load_export(self, path: Path) -> None:
-        """The MLPs become integer ones holding the file's weights (``int8_format.load_weights``, which checks the
+        """The MLPs become integer ones holding the file's weights (``nerf.export.load_weights``, which checks the
         architecture and quantization), and the occupancy grid takes the file's bitfield."""
         cfg = self.config
         arch = architecture(cfg, self.field_fine.encoding)
@@ -266,7 +271,7 @@ class NeRFQATModel(Model):
     def _density_scale(self, ray_samples) -> Optional[Tensor]:
         """What a field's density is multiplied by per unit of the ray parameter: NDC directions are not unit length
         (a step dt covers |d| dt of NDC space); None elsewhere."""
-        if isinstance(self.collider, NDCCollider):
+        if self.ndc is not None:
             return ray_samples.frustums.directions.norm(dim=-1, keepdim=True)
         return None
 
@@ -370,8 +375,8 @@ class NeRFQATModel(Model):
         """How this model turns a camera's rays into an image, as plain data: the export's ``render`` metadata, which
         docs/int8-format.md (section 5) specifies and docs/int8_decoder.py renders from without config.yml."""
         collider = self.collider
-        if isinstance(collider, NDCCollider):
-            rays: Dict[str, object] = {"kind": "ndc", **{k: float(v) for k, v in collider.params.items()}}
+        if self.ndc is not None:
+            rays: Dict[str, object] = {"kind": "ndc", **asdict(self.ndc)}
         else:
             kind = "axis_depth" if isinstance(collider, AxisDepthCollider) else "near_far"
             rays = {"kind": kind, "near": float(collider.near_plane), "far": float(collider.far_plane)}  # type: ignore[arg-type]
