@@ -27,7 +27,8 @@ def test_runs_are_compared_at_the_largest_step_all_of_them_saved():
 def test_reuse_trained_takes_only_runs_that_saved_their_last_step(tmp_path: Path):
     bench = load_file(SCRIPT)
     b = bench.Benchmark(preset="tiny", workdir=tmp_path)
-    run = bench.Run("fp32", tmp_path / "fp32", b, bench.FERN_PRESETS["tiny"].model, 4, 10, 5, "cpu")
+    training = bench.Training(b.data, 4, bench.FERN_PRESETS["tiny"].model, 10, 5, "cpu", b.seed)
+    run = bench.Run(bench.VARIANTS["fp32"], tmp_path / "fp32", training)
     assert not run.finished_before(10)  # nothing trained yet
     checkpoints = run.run_dir / "nerfstudio_models"
     checkpoints.mkdir(parents=True)
