@@ -1,4 +1,5 @@
-"""The fern benchmark's catalogue: the methods it trains, their variants (a name and flags) and its presets.
+"""Catalogues of what the benchmarks train (entries by name), and the fern benchmark's: the methods it trains, their
+variants (a name and flags) and its presets.
 
 A method says how ns-train runs it; a variant is a method with flags on top. Adding a method or a variant means
 adding an entry here: the runner reads what it needs from the entry, never from the name.
@@ -7,7 +8,7 @@ adding an entry here: the runner reads what it needs from the entry, never from 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Protocol, Tuple, TypeVar
 
 from nerfqat_plugin.tools.runs import PRESETS, Preset
 
@@ -54,9 +55,23 @@ def qat(name: str, **flags: str) -> Variant:
     return Variant(name, NERF_QAT, quant_flags(**flags), quantized=True)
 
 
-def catalogue(*variants: Variant) -> Dict[str, Variant]:
-    """The variants by name."""
-    return {v.name: v for v in variants}
+class Named(Protocol):
+    """A catalogue entry: anything with a name."""
+
+    @property
+    def name(self) -> str: ...
+
+
+Entry = TypeVar("Entry", bound=Named)
+
+
+def catalogue(*entries: Entry) -> Dict[str, Entry]:
+    """The entries by name, in their order; two entries of one name are an error."""
+    names = [e.name for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"catalogue: more than one entry named {repeated}")
+    return {e.name: e for e in entries}
 
 
 VARIANTS: Dict[str, Variant] = catalogue(
