@@ -31,30 +31,53 @@ import time
 import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import tyro
+from benchlib.figures import pyplot
+from benchlib.paper import TABLE2_FERN, TABLE2_SIZES
+from benchlib.report import provenance
+from benchlib.variants import catalogue
 
 from nerfqat_plugin.offline import patch_lpips
 from nerfqat_plugin.tools.runs import machine, machine_line, seed_everything, train_step, trainer_config
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
-VARIANTS: Dict[str, Optional[Dict[str, object]]] = {
-    "nerfacto": None,
-    "nerfacto-qat, quantization off": None,
-    "tables 8 bit, w8a8 MLPs": {"table_bits": 8},
-    "tables 8 bit, fp32 MLPs": {"table_bits": 8, "quantize": "tables"},
-    "fp32 tables, w8a8 MLPs": {"table_bits": 8, "quantize": "mlps"},
-    "tables 4 bit, w8a8 MLPs": {"table_bits": 4},
-    "tables 2 bit, w8a8 MLPs": {"table_bits": 2},
-    **{
-        f"tables {bits} bit, w8a8 MLPs, a range per level": {"table_bits": bits, "input_range_per_level": True}
+
+
+@dataclass(frozen=True)
+class NerfactoVariant:
+    """A model this script trains: nerfacto-qat with quantization off or with settings, or nerfstudio's nerfacto."""
+
+    name: str
+    settings: Optional[Mapping[str, object]] = None
+    """nerfacto-qat model settings with quantization on (None: quantization off)."""
+    nerfstudio: bool = False
+    """nerfstudio's own NerfactoModel with the same settings (quantization off)."""
+
+    @property
+    def quantized(self) -> bool:
+        """Whether tables and MLPs are both quantized (a run that can be exported and its codes counted)."""
+        return self.settings is not None and self.settings.get("quantize", "all") == "all"
+
+
+VARIANTS: Dict[str, NerfactoVariant] = catalogue(
+    NerfactoVariant("nerfacto", nerfstudio=True),
+    NerfactoVariant("nerfacto-qat, quantization off"),
+    NerfactoVariant("tables 8 bit, w8a8 MLPs", {"table_bits": 8}),
+    NerfactoVariant("tables 8 bit, fp32 MLPs", {"table_bits": 8, "quantize": "tables"}),
+    NerfactoVariant("fp32 tables, w8a8 MLPs", {"table_bits": 8, "quantize": "mlps"}),
+    NerfactoVariant("tables 4 bit, w8a8 MLPs", {"table_bits": 4}),
+    NerfactoVariant("tables 2 bit, w8a8 MLPs", {"table_bits": 2}),
+    *(
+        NerfactoVariant(
+            f"tables {bits} bit, w8a8 MLPs, a range per level", {"table_bits": bits, "input_range_per_level": True}
+        )
         for bits in (8, 4, 2)
-    },
-}
-"""Variant name -> nerfacto-qat model settings with quantization on (None: quantization off)."""
+    ),
+)
 DEFAULT_VARIANTS = (
     "nerfacto",
     "nerfacto-qat, quantization off",
@@ -161,7 +184,7 @@ class BenchNerfacto:
             return BlenderDataParserConfig(data=data), "object in a box, Blender format, 64x64, 24+6+6 views"
         raise ValueError(f"unknown scene {scene!r} (fern or object)")
 
-    def _config(self, dataparser, work: Path, settings: Optional[Dict[str, object]], nerfstudio: bool):
+    def _config(self, dataparser, work: Path, variant: NerfactoVariant):
         from nerfstudio.models.nerfacto import NerfactoModelConfig
 
         from nerfqat_plugin.registration import nerfacto_qat
@@ -173,13 +196,13 @@ class BenchNerfacto:
         model = config.pipeline.model
         model.log2_hashmap_size = self.log2_hashmap_size
         model.eval_num_rays_per_chunk = 4096
-        model.quant.enabled = settings is not None
+        model.quant.enabled = variant.settings is not None
         model.quant.quant_start_step = self.quant_start_step
-        for name, value in (settings or {}).items():
+        for name, value in (variant.settings or {}).items():
             setattr(model, name, value)
         if not hasattr(dataparser, "ndc"):  # Blender: a white background, as nerfstudio's blender runs
             model.background_color = "white"
-        if nerfstudio:  # the same settings on nerfstudio's own model class
+        if variant.nerfstudio:  # the same settings on nerfstudio's own model class
             theirs = NerfactoModelConfig()
             for f in fields(theirs):
                 if f.name != "_target":
@@ -196,8 +219,7 @@ class BenchNerfacto:
         for seed, variant in ((seed, variant) for seed in self.seeds for variant in self.variants):
             row = row_name(variant, seed)
             print(f"[{scene}] training {row}", flush=True)
-            settings = VARIANTS[variant]
-            config = self._config(dataparser, work / _slug(row), settings, variant == "nerfacto")
+            config = self._config(dataparser, work / _slug(row), VARIANTS[variant])
             seed_everything(seed)
             config.save_config()  # config.yml, as ns-train writes it (the exporter reads it)
             trainer = config.setup(local_rank=0, world_size=1)
@@ -218,8 +240,8 @@ class BenchNerfacto:
             print(f"  {json.dumps(entry)}", flush=True)
             self._write(result)
             gc.collect()
-            quantized = settings is not None and settings.get("quantize", "all") == "all"
-            if quantized and self.export and seed == self.seeds[0]:  # its export, measured the same way
+            # a quantized run's export, measured the same way
+            if VARIANTS[variant].quantized and self.export and seed == self.seeds[0]:
                 entry["export"] = export_and_evaluate(config_file, work / "exports" / _slug(row))
                 print(f"  export: {json.dumps(entry['export'])}", flush=True)
                 self._write(result)
@@ -339,8 +361,7 @@ def report(result: Dict, figure: Optional[str] = None) -> str:
         "# nerfacto-qat vs nerfstudio's nerfacto, equal steps",
         "",
         f"Commit: {result.get('commit', 'unknown')}  ",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {machine_line(result['machine'])}  ",
+        *provenance(result),
         *(
             f"Rows added by `{a['command']}` at {a['commit']} on: {machine_line(a['machine'])}  "
             for a in result.get("appended", [])
@@ -418,17 +439,13 @@ def report(result: Dict, figure: Optional[str] = None) -> str:
             "",
             f"![size vs PSNR]({figure})",
             "",
-            "Right panel, quoted from the seed paper's Table 2: NeRF 4.78 MB / 31.49 dB and NeRF-QAT 1.33 MB / "
-            "30.56 dB on fern (1/8 resolution, 50k+ GPU steps: compare sizes across the panels, not PSNR); "
-            "Instant-NGP 64.1 MB, TensoRF 71.8 MB, Plenoxels 778 MB as sizes only.",
+            "Right panel, quoted from the seed paper's Table 2: "
+            + " and ".join(f"{r.name} {r.bytes / 1e6:g} MB / {r.psnr:.2f} dB" for r in TABLE2_FERN)
+            + " on fern (1/8 resolution, 50k+ GPU steps: compare sizes across the panels, not PSNR); "
+            + ", ".join(f"{name} {size / 1e6:g} MB" for name, size in TABLE2_SIZES)
+            + " as sizes only.",
         ]
     return "\n".join(lines) + "\n"
-
-
-PAPER_TABLE2_FERN = [("NeRF", 4.78e6, 31.49), ("NeRF-QAT", 1.33e6, 30.56)]
-"""The seed paper's Table 2 rows measured on fern: (name, model bytes, PSNR), quoted."""
-PAPER_TABLE2_SIZES = [("Instant-NGP", 64.1e6), ("TensoRF", 71.8e6), ("Plenoxels", 778e6)]
-"""Its other rows: (name, model bytes), quoted; their PSNR there are NeRF-Synthetic averages, not fern's."""
 
 
 def size_quality_figure(result: Dict, path: Path) -> None:
@@ -436,12 +453,8 @@ def size_quality_figure(result: Dict, path: Path) -> None:
     scene, seed 0: nerfstudio's nerfacto at its fp32 bytes; each quantized run's export at its coded file size, with
     its raw tensor bytes joined by a line; a quantized run not exported at its code bytes), and the seed paper's
     Table 2, quoted (fern PSNR for NeRF and NeRF-QAT; sizes alone for the grid methods)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ours, paper) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    plt = pyplot()
+    fig, (ours, quoted) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for scene, s in result["scenes"].items():
         for name, e in s["variants"].items():
             if e.get("seed", 0) != 0:
@@ -467,17 +480,17 @@ def size_quality_figure(result: Dict, path: Path) -> None:
         fontsize=8,
     )
     ours.set_ylabel("held-out PSNR (dB)")
-    for name, size, psnr in PAPER_TABLE2_FERN:
-        paper.scatter(size, psnr, marker="*", s=90, color="C3")
-        paper.annotate(name, (size, psnr), fontsize=8, textcoords="offset points", xytext=(4, 4))
-    for (name, size), side in zip(PAPER_TABLE2_SIZES, ("right", "left", "left"), strict=True):
-        paper.axvline(size, color="0.5", ls="--", lw=1)
-        paper.text(size, 0.02, f" {name} ", rotation=90, fontsize=8, ha=side, transform=paper.get_xaxis_transform())
-    paper.set_title(
+    for row in TABLE2_FERN:
+        quoted.scatter(row.bytes, row.psnr, marker="*", s=90, color="C3")
+        quoted.annotate(row.name, (row.bytes, row.psnr), fontsize=8, textcoords="offset points", xytext=(4, 4))
+    for (name, size), side in zip(TABLE2_SIZES, ("right", "left", "left"), strict=True):
+        quoted.axvline(size, color="0.5", ls="--", lw=1)
+        quoted.text(size, 0.02, f" {name} ", rotation=90, fontsize=8, ha=side, transform=quoted.get_xaxis_transform())
+    quoted.set_title(
         "seed paper, Table 2 (quoted): fern, 50k+ GPU steps\ndashed: sizes only (their PSNR there are not fern's)",
         fontsize=8,
     )
-    for ax in (ours, paper):
+    for ax in (ours, quoted):
         ax.set_xscale("log")
         ax.set_xlabel("model bytes (log scale)")
         ax.grid(True, alpha=0.3)

@@ -35,12 +35,12 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import load_pipeline  # noqa: E402
+from benchlib.report import provenance  # noqa: E402
 
 from nerfqat_plugin.tools.runs import (  # noqa: E402
     PRESETS,
     decision_lines,
     machine,
-    machine_line,
     ns,
     seed_everything,
     train_step,
@@ -361,8 +361,7 @@ def report(result: Dict) -> str:
         "# Occupancy sampler vs hierarchical sampler",
         "",
         f"Commit: {result.get('commit', 'unknown')}  ",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {machine_line(result['machine'])}  ",
+        *provenance(result),
     ]
     if "training_command" in result:
         lines += [

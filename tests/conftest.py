@@ -33,7 +33,11 @@ def eval_in_process(config: Path, output: Path) -> dict:
 
 
 def load_file(path: Path) -> ModuleType:
-    """A Python file that is not in a package (a script, the docs' decoder) imported as a module of its own name."""
+    """A Python file that is not in a package (a script, the docs' decoder) imported as a module of its own name.
+    Its folder goes on ``sys.path`` (last, so that it shadows nothing), as when Python runs it: a script imports the
+    modules beside it (``benchlib``)."""
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[path.stem] = module

@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from nerfqat_plugin.tools.runs import command_env
 from nerfqat_plugin.tools.scenes import write_llff_scene
 from tests.conftest import load_file
@@ -24,10 +26,22 @@ def test_runs_are_compared_at_the_largest_step_all_of_them_saved():
     assert step is None and "no checkpoint step saved by every run" in why
 
 
+def test_presets_name_catalogue_variants_and_a_name_is_catalogued_once():
+    bench = load_file(SCRIPT)
+    catalogue = sys.modules["benchlib.variants"].catalogue
+    for preset in bench.FERN_PRESETS.values():
+        assert set(preset.variants) <= set(bench.VARIANTS)
+    fp32, vanilla = bench.VARIANTS["fp32"], bench.VARIANTS["vanilla-nerf"]
+    assert catalogue(fp32, vanilla) == {"fp32": fp32, "vanilla-nerf": vanilla}
+    with pytest.raises(ValueError, match=r"more than one entry named \['fp32'\]"):
+        catalogue(fp32, vanilla, fp32)
+
+
 def test_reuse_trained_takes_only_runs_that_saved_their_last_step(tmp_path: Path):
     bench = load_file(SCRIPT)
     b = bench.Benchmark(preset="tiny", workdir=tmp_path)
-    run = bench.Run("fp32", tmp_path / "fp32", b, bench.FERN_PRESETS["tiny"].model, 4, 10, 5, "cpu")
+    training = bench.Training(b.data, 4, bench.FERN_PRESETS["tiny"].model, 10, 5, "cpu", b.seed)
+    run = bench.Run(bench.VARIANTS["fp32"], tmp_path / "fp32", training)
     assert not run.finished_before(10)  # nothing trained yet
     checkpoints = run.run_dir / "nerfstudio_models"
     checkpoints.mkdir(parents=True)
