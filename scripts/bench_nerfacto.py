@@ -3,7 +3,8 @@
 For each scene every variant is trained in this process by nerfstudio's Trainer with the same rays per batch,
 schedule, seed and table sizes; the only difference is the model: nerfstudio's ``NerfactoModel`` (its LPIPS kept
 offline), or nerfacto-qat with quantization off, or with its hash tables at 8, 4 or 2 bits and w8a8 MLPs (fake
-quantization from ``--quant-start-step``), or an ablation. Every run is evaluated loaded from its checkpoint, as
+quantization from ``--quant-start-step``), or an ablation; and, for reference, nerf-qat (its CPU preset network
+at w8a8, the same rays, steps and QAT start). Every run is evaluated loaded from its checkpoint, as
 ns-eval evaluates it: held-out PSNR / SSIM over all held-out views (``get_average_eval_image_metrics``, which also
 gives its rays/s), and the model's bytes: fp32 (hash tables, MLPs and appearance embedding) and, for the quantized
 ones, what their codes take and what entropy coding could make of the tables' codes (order-0 entropy, zlib -9).
@@ -22,6 +23,7 @@ adds rows to an existing report of the same settings (a longer study in several 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import subprocess
@@ -31,7 +33,7 @@ import time
 import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Literal, Mapping, Optional, Tuple
 
 import torch
 import tyro
@@ -41,21 +43,27 @@ from benchlib.report import provenance
 from benchlib.variants import catalogue
 
 from nerfqat_plugin.offline import patch_lpips
-from nerfqat_plugin.tools.runs import machine, machine_line, seed_everything, train_step, trainer_config
+from nerfqat_plugin.tools.runs import PRESETS, machine, machine_line, seed_everything, train_step, trainer_config
 
 REPO = Path(__file__).resolve().parents[1]
 FERN = REPO.parent / "shared/data/nerf_llff_data/fern"
 
 
+Method = Literal["nerfacto-qat", "nerfacto", "nerf-qat"]
+
+
 @dataclass(frozen=True)
 class NerfactoVariant:
-    """A model this script trains: nerfacto-qat with quantization off or with settings, or nerfstudio's nerfacto."""
+    """A model this script trains: nerfacto-qat with quantization off or with settings, nerfstudio's nerfacto, or
+    nerf-qat as a reference."""
 
     name: str
     settings: Optional[Mapping[str, object]] = None
-    """nerfacto-qat model settings with quantization on (None: quantization off)."""
-    nerfstudio: bool = False
-    """nerfstudio's own NerfactoModel with the same settings (quantization off)."""
+    """Model settings with quantization on (None: quantization off)."""
+    method: Method = "nerfacto-qat"
+    """nerfacto-qat; 'nerfacto': nerfstudio's own NerfactoModel with the same settings (quantization off);
+    'nerf-qat': nerf-qat's CPU preset network (``NERF_QAT_PRESET``) with its default sampler, on the same rays per
+    batch, steps and QAT start (forward-facing scenes in NDC, as nerf-qat trains them)."""
 
     @property
     def quantized(self) -> bool:
@@ -64,7 +72,7 @@ class NerfactoVariant:
 
 
 VARIANTS: Dict[str, NerfactoVariant] = catalogue(
-    NerfactoVariant("nerfacto", nerfstudio=True),
+    NerfactoVariant("nerfacto", method="nerfacto"),
     NerfactoVariant("nerfacto-qat, quantization off"),
     NerfactoVariant("tables 8 bit, w8a8 MLPs", {"table_bits": 8}),
     NerfactoVariant("tables 8 bit, fp32 MLPs", {"table_bits": 8, "quantize": "tables"}),
@@ -77,7 +85,10 @@ VARIANTS: Dict[str, NerfactoVariant] = catalogue(
         )
         for bits in (8, 4, 2)
     ),
+    NerfactoVariant("nerf-qat w8a8 (4x128 MLP, occupancy sampler)", {}, method="nerf-qat"),
 )
+NERF_QAT_PRESET = "cpu"
+"""nerf-qat's network for its reference row: ``tools.runs.PRESETS`` (4x128, 64 occupancy bins)."""
 DEFAULT_VARIANTS = (
     "nerfacto",
     "nerfacto-qat, quantization off",
@@ -189,6 +200,8 @@ class BenchNerfacto:
 
         from nerfqat_plugin.registration import nerfacto_qat
 
+        if variant.method == "nerf-qat":
+            return self._nerf_qat_config(dataparser, work)
         config = trainer_config(nerfacto_qat.config, self.device, work, self.steps)
         config.pipeline.datamanager.dataparser = dataparser
         config.pipeline.datamanager.train_num_rays_per_batch = self.rays
@@ -202,12 +215,30 @@ class BenchNerfacto:
             setattr(model, name, value)
         if not hasattr(dataparser, "ndc"):  # Blender: a white background, as nerfstudio's blender runs
             model.background_color = "white"
-        if variant.nerfstudio:  # the same settings on nerfstudio's own model class
+        if variant.method == "nerfacto":  # the same settings on nerfstudio's own model class
             theirs = NerfactoModelConfig()
             for f in fields(theirs):
                 if f.name != "_target":
                     setattr(theirs, f.name, copy.deepcopy(getattr(model, f.name)))
             config.pipeline.model = theirs
+        config.steps_per_save = self.steps
+        config.save_only_latest_checkpoint = True
+        return config
+
+    def _nerf_qat_config(self, dataparser, work: Path):
+        """nerf-qat's reference run: its CPU preset network, this script's rays, steps and QAT start."""
+        from nerfqat_plugin.registration import nerf_qat
+
+        config = trainer_config(nerf_qat.config, self.device, work, self.steps, PRESETS[NERF_QAT_PRESET])
+        ndc = hasattr(dataparser, "ndc")
+        config.pipeline.datamanager.dataparser = dataclasses.replace(dataparser, ndc=True) if ndc else dataparser
+        config.pipeline.datamanager.train_num_rays_per_batch = self.rays
+        config.pipeline.datamanager.eval_num_rays_per_batch = self.rays
+        model = config.pipeline.model
+        model.quant.quant_start_step = self.quant_start_step
+        if not ndc:  # Blender: nerfstudio's near/far for its synthetic scenes, a white background
+            model.collider_params = {"near_plane": 2.0, "far_plane": 6.0}
+            model.background_color = "white"
         config.steps_per_save = self.steps
         config.save_only_latest_checkpoint = True
         return config
@@ -292,7 +323,8 @@ def evaluate(pipeline) -> Dict[str, object]:
     pipeline.eval()
     metrics = pipeline.get_average_eval_image_metrics()
     model = pipeline.model
-    parts = [model.field, model.proposal_networks]
+    nerf_qat = hasattr(model, "mlps")  # nerf-qat: its MLPs; nerfacto: its field and proposal networks
+    parts = list(model.mlps) if nerf_qat else [model.field, model.proposal_networks]
     fp32 = 4 * sum(p.numel() for part in parts for p in part.parameters())
     entry: Dict[str, object] = {
         "psnr": float(metrics["psnr"]),
@@ -301,9 +333,10 @@ def evaluate(pipeline) -> Dict[str, object]:
         "fp32_bytes": fp32,
     }
     config = getattr(model.config, "quant", None)
-    if isinstance(config, QuantConfig) and config.enabled and model.config.quantize == "all":
+    if isinstance(config, QuantConfig) and config.enabled and getattr(model.config, "quantize", "all") == "all":
         entry["code_bytes"] = sum(quantized_nbytes(part, config) for part in parts)
-        entry["tables"] = table_statistics(parts)
+        if not nerf_qat:
+            entry["tables"] = table_statistics(parts)
     return entry
 
 

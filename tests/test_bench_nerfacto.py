@@ -46,3 +46,28 @@ def test_append_refuses_a_report_of_other_settings(tmp_path: Path):
     out.with_suffix(".json").write_text(json.dumps({**new, "scenes": {"fern": {}}}))
     merged = run._appended_to({**new, "command": "second"})
     assert merged["scenes"] == {"fern": {}} and merged["appended"][0]["command"] == "second"
+
+
+def test_the_nerf_qat_reference_row_trains_nerf_qat_on_the_same_rays_steps_and_qat_start(tmp_path: Path):
+    """The catalogue's nerf-qat entry builds nerf-qat's config (its CPU preset network), not nerfacto-qat's: LLFF
+    scenes in NDC as nerf-qat trains them (nerfacto-qat's in world space), Blender scenes with near/far planes."""
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+
+    from nerfqat_plugin.llff import LLFFDataParserConfig
+    from nerfqat_plugin.nerf.model import NeRFQATModelConfig
+    from nerfqat_plugin.nerfacto.model import NerfactoQATModelConfig
+
+    bench = load_file(SCRIPT)
+    run = bench.BenchNerfacto(steps=7, rays=96, quant_start_step=3)
+    (name,) = [n for n, v in bench.VARIANTS.items() if v.method == "nerf-qat"]
+    assert bench.VARIANTS[name].quantized
+    llff = LLFFDataParserConfig(data=tmp_path, downscale_factor=16, ndc=False)
+    config = run._config(llff, tmp_path / "a", bench.VARIANTS[name])
+    model, datamanager = config.pipeline.model, config.pipeline.datamanager
+    assert type(model) is NeRFQATModelConfig and model.quant.enabled and model.quant.quant_start_step == 3
+    assert (model.num_layers, model.layer_width) == (4, 128) and config.max_num_iterations == 7
+    assert datamanager.train_num_rays_per_batch == 96 and datamanager.dataparser.ndc and not llff.ndc
+    blender = run._config(BlenderDataParserConfig(data=tmp_path), tmp_path / "b", bench.VARIANTS[name])
+    assert blender.pipeline.model.collider_params == {"near_plane": 2.0, "far_plane": 6.0}
+    nerfacto = run._config(llff, tmp_path / "c", bench.VARIANTS["tables 4 bit, w8a8 MLPs"])
+    assert type(nerfacto.pipeline.model) is NerfactoQATModelConfig and not nerfacto.pipeline.datamanager.dataparser.ndc
