@@ -75,17 +75,31 @@ class QuantHashEncoding(HashEncoding):
         self._reachable[corner_limit] = torch.cat(rows)
         return self._reachable[corner_limit]
 
+    def corner_rows(self, scaled: Tensor) -> Tensor:
+        """Table rows [..., 8, L] of the eight corners of each point's cell, in ``CORNERS`` order, for points scaled
+        to each level's grid (``scaled`` [..., L, 3]): the rows nerfstudio's ``hash_fn`` gives, corner by corner.
+
+        Each axis is hashed once at its floor and its ceiling and the corners XOR those (the hash is separable: x,
+        y and z are multiplied by their prime apart, then XORed), instead of gathering and hashing every corner's
+        coordinates anew; integers, so the rows are nerfstudio's exactly."""
+        ceil, floor = torch.ceil(scaled).long(), torch.floor(scaled).long()
+        axes = [{"c": ceil[..., axis] * prime, "f": floor[..., axis] * prime} for axis, prime in enumerate(HASH_PRIMES)]
+        x, y, z = axes
+        hashed = torch.stack([(x[c[0]] ^ y[c[1]]) ^ z[c[2]] for c in CORNERS], dim=-2)  # [..., 8, L]
+        return hashed % self.hash_table_size + self.hash_offset.to(hashed.device)
+
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
-        """nerfstudio's trilinear interpolation of the eight gathered corners, each read through the table."""
+        """nerfstudio's trilinear interpolation of the eight corners of each point's cell (``corner_rows``), read
+        through the table in one gather when rendering; the same products and sums as nerfstudio's, in its order."""
         if in_tensor.shape[-1] != 3:
             raise ValueError(f"hash encoding of points [..., 3], got shape {tuple(in_tensor.shape)}")
         scaled = in_tensor[..., None, :] * self.scalings.view(-1, 1).to(in_tensor.device)  # [..., L, 3]
-        ends = {"c": torch.ceil(scaled).type(torch.int32), "f": torch.floor(scaled).type(torch.int32)}
-        offset = scaled - ends["f"]
-        f: List[Tensor] = []
-        for corner in CORNERS:
-            vertex = torch.cat([ends[end][..., axis : axis + 1] for axis, end in enumerate(corner)], dim=-1)
-            f.append(self.table(self.hash_fn(vertex)))  # [..., L, features]
+        offset = scaled - torch.floor(scaled).type(torch.int32)
+        rows = self.corner_rows(scaled)
+        if torch.is_grad_enabled():  # a lookup per corner: the table's gradient sums the corners in nerfstudio's order
+            f = [self.table(corner) for corner in rows.unbind(-2)]
+        else:  # rendering: one gather
+            f = list(self.table(rows).unbind(-3))  # 8 x [..., L, features]
         ox, oy, oz = offset[..., 0:1], offset[..., 1:2], offset[..., 2:3]
         f03 = f[0] * ox + f[3] * (1 - ox)
         f12 = f[1] * ox + f[2] * (1 - ox)

@@ -281,29 +281,34 @@ class IntLinear(nn.Module):
         return self._packed_weights[split]
 
     def _onednn_fused(self, inputs: List[IntTensor], compile: bool) -> Tensor:
-        """oneDNN int8 Linear; several inputs: all but the last to fp32, summed into the last one's epilogue."""
+        """oneDNN int8 Linear; several inputs: all but the last to fp32, summed into the last one's epilogue.
+
+        Each input's scale goes in folded into the weight scales (``x.scale * weight_scale``, as ``rounding.rescale``
+        forms it) with a unit input scale: oneDNN then scales the accumulator as training does whatever order its
+        kernel applies the two scales in (an AVX2 oneDNN multiplies by their product, an AVX-512 one by the input's
+        scale, then the weight's)."""
         post_op = "relu" if self.relu == "fused" else "none"
         packed_segments = self._packed()
         partial = None
         for x, packed in zip(inputs[:-1], packed_segments[:-1], strict=True):
-            y = onednn_linear(x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale)
+            y = onednn_linear(x.codes, 1.0, int(x.zero_point), packed, x.scale * self.weight_scale)
             partial = y if partial is None else partial + y
         x, packed = inputs[-1], packed_segments[-1]
         if self.out_scale is None or self.out_zero_point is None:
             if partial is None:
-                return onednn_linear(x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, self.bias)
+                return onednn_linear(x.codes, 1.0, int(x.zero_point), packed, x.scale * self.weight_scale, self.bias)
             return onednn_linear_sum(
-                x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, partial, self.bias, "none"
+                x.codes, 1.0, int(x.zero_point), packed, x.scale * self.weight_scale, partial, self.bias, "none"
             )
         if partial is not None:
             # oneDNN sums only into an output of the same dtype: finish in fp32, then requantize with our rounding.
             y = onednn_linear_sum(
-                x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, partial, self.bias, post_op
+                x.codes, 1.0, int(x.zero_point), packed, x.scale * self.weight_scale, partial, self.bias, post_op
             )
             return call(_requantize, (y, self.out_scale, self.out_zero_point, self.act_qmax, self.relu), compile)
         out_zp = int(self.out_zero_point)
         y = onednn_linear(
-            x.codes, float(x.scale), int(x.zero_point), packed, self.weight_scale, self.bias,
+            x.codes, 1.0, int(x.zero_point), packed, x.scale * self.weight_scale, self.bias,
             float(self.out_scale), out_zp, torch.uint8, post_op,
         )  # fmt: skip
         if self.act_qmax < 255:  # oneDNN saturates at 255
