@@ -75,31 +75,36 @@ class QuantHashEncoding(HashEncoding):
         self._reachable[corner_limit] = torch.cat(rows)
         return self._reachable[corner_limit]
 
-    def corner_rows(self, scaled: Tensor) -> Tensor:
-        """Table rows [..., 8, L] of the eight corners of each point's cell, in ``CORNERS`` order, for points scaled
-        to each level's grid (``scaled`` [..., L, 3]): the rows nerfstudio's ``hash_fn`` gives, corner by corner.
+    def corner_rows(self, scaled: Tensor) -> List[Tensor]:
+        """Table rows [..., L] of the eight corners of each point's cell, in ``CORNERS`` order, for points scaled to
+        each level's grid (``scaled`` [..., L, 3]): the rows nerfstudio's ``hash_fn`` gives, corner by corner.
 
-        Each axis is hashed once at its floor and its ceiling and the corners XOR those (the hash is separable: x,
-        y and z are multiplied by their prime apart, then XORed), instead of gathering and hashing every corner's
-        coordinates anew; integers, so the rows are nerfstudio's exactly."""
-        ceil, floor = torch.ceil(scaled).long(), torch.floor(scaled).long()
-        axes = [{"c": ceil[..., axis] * prime, "f": floor[..., axis] * prime} for axis, prime in enumerate(HASH_PRIMES)]
-        x, y, z = axes
-        hashed = torch.stack([(x[c[0]] ^ y[c[1]]) ^ z[c[2]] for c in CORNERS], dim=-2)  # [..., 8, L]
-        return hashed % self.hash_table_size + self.hash_offset.to(hashed.device)
+        The hash is separable (x, y and z are multiplied by their primes apart, then XORed), so each axis is
+        multiplied once at its floor and once at its ceiling and each pair of x and y ends XORed once, where
+        nerfstudio gathers and multiplies every corner's three coordinates anew; integers, so the rows are equal."""
+        ends = (torch.ceil(scaled).long(), torch.floor(scaled).long())
+        axes = [
+            {"c": ends[0][..., axis] * prime, "f": ends[1][..., axis] * prime} for axis, prime in enumerate(HASH_PRIMES)
+        ]
+        offset = self.hash_offset.to(scaled.device)
+        pairs: Dict[str, Tensor] = {}
+        rows = []
+        for corner in CORNERS:
+            xy = pairs.get(corner[:2])
+            if xy is None:
+                xy = pairs[corner[:2]] = axes[0][corner[0]] ^ axes[1][corner[1]]
+            hashed = xy ^ axes[2][corner[2]]
+            rows.append(hashed.remainder_(self.hash_table_size).add_(offset))
+        return rows
 
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out"]:
-        """nerfstudio's trilinear interpolation of the eight corners of each point's cell (``corner_rows``), read
-        through the table in one gather when rendering; the same products and sums as nerfstudio's, in its order."""
+        """nerfstudio's trilinear interpolation of the eight corners of each point's cell (``corner_rows``), each
+        read through the table; the same products and sums as nerfstudio's, in its order."""
         if in_tensor.shape[-1] != 3:
             raise ValueError(f"hash encoding of points [..., 3], got shape {tuple(in_tensor.shape)}")
         scaled = in_tensor[..., None, :] * self.scalings.view(-1, 1).to(in_tensor.device)  # [..., L, 3]
         offset = scaled - torch.floor(scaled).type(torch.int32)
-        rows = self.corner_rows(scaled)
-        if torch.is_grad_enabled():  # a lookup per corner: the table's gradient sums the corners in nerfstudio's order
-            f = [self.table(corner) for corner in rows.unbind(-2)]
-        else:  # rendering: one gather
-            f = list(self.table(rows).unbind(-3))  # 8 x [..., L, features]
+        f = [self.table(rows) for rows in self.corner_rows(scaled)]  # 8 x [..., L, features]
         ox, oy, oz = offset[..., 0:1], offset[..., 1:2], offset[..., 2:3]
         f03 = f[0] * ox + f[3] * (1 - ox)
         f12 = f[1] * ox + f[2] * (1 - ox)

@@ -120,8 +120,13 @@ class QuantTable(QuantModule):
         self._calibrated = False  # read the loaded buffer on the next call
 
     def forward(self, index: Tensor) -> Tensor:
-        """Rows ``index`` [...] of the table: [..., features]."""
-        rows = self.weight[index]
+        """Rows ``index`` [...] of the table: [..., features]. Without gradients (rendering) the rows are read by
+        ``index_select`` (3x faster on a CPU than indexing, the same values); with them by indexing, whose backward
+        sums a row's gradients in the order nerfstudio's hash encoding does."""
+        if torch.is_grad_enabled():
+            rows = self.weight[index]
+        else:
+            rows = self.weight.index_select(0, index.reshape(-1)).view(*index.shape, self.features)
         if not self.quant_active:
             return rows
         if not self._calibrated:
