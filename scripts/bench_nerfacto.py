@@ -131,6 +131,10 @@ class BenchNerfacto:
     """Add this run's rows to OUTPUT.json's (it must have the same steps, rays, table size and QAT start)."""
     report_only: bool = False
     """Rebuild OUTPUT.md and OUTPUT_size_psnr.png from OUTPUT.json; train nothing."""
+    reevaluate: Optional[Path] = None
+    """The JSON of an earlier run of this script whose runs --workdir kept: evaluate them again with this code
+    (each loaded from its checkpoint, the exported ones exported again) into OUTPUT, training figures kept; train
+    nothing."""
 
     def main(self) -> None:
         if self.report_only:
@@ -138,13 +142,15 @@ class BenchNerfacto:
             self._write(result, json_too=False)
             print(self.output.with_suffix(".md").read_text())
             return
+        if self.reevaluate is not None:
+            self._reevaluate(json.loads(self.reevaluate.read_text()))
+            return
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise SystemExit(f"unknown variant {unknown[0]!r}: choose from {list(VARIANTS)}")
         patch_lpips()  # nerfstudio's nerfacto would download AlexNet for LPIPS
         command = "python scripts/bench_nerfacto.py " + " ".join(sys.argv[1:])
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        result: Dict[str, object] = {"command": command.strip(), "commit": commit.stdout.strip() or "unknown"}
+        result: Dict[str, object] = {"command": command.strip(), "commit": _commit()}
         result.update(steps=self.steps, rays=self.rays, log2_hashmap_size=self.log2_hashmap_size)
         result.update(quant_start_step=self.quant_start_step, scenes={}, machine=machine(self.device))
         if self.append:
@@ -155,6 +161,27 @@ class BenchNerfacto:
                 print(f"=== {scene}", flush=True)
                 self._scene(scene, root / scene, result)
         print(report(result))
+
+    def _reevaluate(self, result: Dict) -> None:
+        """Every row of ``result`` evaluated again from the run --workdir kept (see ``reevaluate``)."""
+        if self.workdir is None:
+            raise SystemExit("--reevaluate needs the --workdir its runs were kept in")
+        patch_lpips()
+        command = "python scripts/bench_nerfacto.py " + " ".join(sys.argv[1:])
+        result["reevaluated"] = {"command": command, "commit": _commit(), "machine": machine(self.device)}
+        for scene, s in result["scenes"].items():
+            for row, entry in s["variants"].items():
+                work = self.workdir / scene
+                configs = sorted((work / _slug(row)).glob("run/*/run/config.yml"))
+                if len(configs) != 1:
+                    raise SystemExit(f"{work / _slug(row)}: no single kept run of {row!r} ({len(configs)} found)")
+                print(f"[{scene}] evaluating {row} again", flush=True)
+                entry.update(evaluate(load_pipeline(configs[0])))
+                if "export" in entry:
+                    entry["export"] = export_and_evaluate(configs[0], work / "exports" / _slug(row))
+                print(f"  {json.dumps(entry)}", flush=True)
+                self._write(result)
+                gc.collect()
 
     def _appended_to(self, new: Dict[str, object]) -> Dict[str, object]:
         """OUTPUT.json's result with this run's command and commit added, after checking its settings are ours."""
@@ -278,6 +305,12 @@ class BenchNerfacto:
                 self._write(result)
 
 
+def _commit() -> str:
+    """The commit this script runs at (short hash), or 'unknown'."""
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
+
+
 def row_name(variant: str, seed: int) -> str:
     """A run's row in the report: the variant for seed 0, '<variant>, seed N' otherwise."""
     return variant if seed == 0 else f"{variant}, seed {seed}"
@@ -398,6 +431,12 @@ def report(result: Dict, figure: Optional[str] = None) -> str:
         *(
             f"Rows added by `{a['command']}` at {a['commit']} on: {machine_line(a['machine'])}  "
             for a in result.get("appended", [])
+        ),
+        *(
+            f"Every run evaluated again (training figures kept, the evaluations and exports replaced) by "
+            f"`{r['command']}` at {r['commit']} on: {machine_line(r['machine'])}  "
+            for r in [result["reevaluated"]]
+            if "reevaluated" in result
         ),
         f"{result['steps']} steps per run, {result['rays']} rays per batch, field hash grid 2^"
         f"{result['log2_hashmap_size']} entries per level (nerfstudio's proposal grids), fake quantization from step "
