@@ -379,7 +379,7 @@ def int8_kernel(
                 if candidates[0] in seconds
                 else min(seconds, key=seconds.get)
             )
-            left_out = "" if FUSED in candidates or "onednn" not in candidates else (
+            left_out = "" if requested != "auto" or FUSED in candidates or "onednn" not in candidates else (
                 f"; {FUSED} left out: its requantization does not give training's codes here"
             )  # fmt: skip
             _say(

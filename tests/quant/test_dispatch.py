@@ -133,6 +133,17 @@ def test_integer_kernel_choice_on_each_class_of_cpu(monkeypatch):
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
+def test_a_named_integer_product_does_not_blame_the_fused_kernel(monkeypatch, capsys):
+    """ "int" never offers the fused kernel (it is no product followed by training's epilogue): its decision does not
+    say the fused kernel was left out for its rounding."""
+    monkeypatch.setattr(dispatch, "onednn_exact", lambda a, w: True)
+    times = {"fp32": 0.004, "int_mm": 0.002, "onednn": 0.001, "onednn_fused": 0.0005}
+    assert int8_kernel(CPU, 256, 256, 255, 127, "int", _timings(times), fused_exact=YES) == "onednn"
+    said = capsys.readouterr().err
+    assert "integer Linear 256->256" in said and "(int)" in said and "left out" not in said
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 Linear")
 def test_a_fused_kernel_that_rounds_otherwise_runs_only_when_named(monkeypatch, capsys):
     """A VNNI CPU whose fused kernel fails its self-check: "auto" keeps to the exact kernels even though the fused
     one is the fastest, and says why; "onednn" still runs it."""
