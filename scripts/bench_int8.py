@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import tyro
@@ -142,7 +142,9 @@ def eval_rates(pipelines: Dict[str, object], tiles: List[int], rounds: int) -> D
     return {v: {"rays_per_s": rays[v] / seconds[v], "psnr": statistics.mean(psnr[v])} for v in variants}
 
 
-def eval_benchmark(work: Path, steps: int, rays: int, size: int, rounds: int, device: str) -> Dict[str, object]:
+def eval_benchmark(
+    work: Path, steps: int, rays: int, size: int, rounds: int, device: str, extra_tiles: Sequence[int] = ()
+) -> Dict[str, object]:
     scene = work / "scene"
     subprocess.run(
         [sys.executable, str(REPO / "scripts/make_demo_scene.py"), "--output", str(scene), "--width", str(size),
@@ -160,7 +162,7 @@ def eval_benchmark(work: Path, steps: int, rays: int, size: int, rounds: int, de
     configs["int8_export"] = work / "int8" / "config.yml"
     pipelines = {name: load_pipeline(cfg) for name, cfg in configs.items()}
     # the whole batch, then (CPU) the default tile size: the baseline is the fp32 run as it renders by default
-    tiles = [0] + ([pipelines["fp32"].model.config.cpu_tile_samples] if device == "cpu" else [])
+    tiles = [0] + ([*extra_tiles, pipelines["fp32"].model.config.cpu_tile_samples] if device == "cpu" else [])
     results = eval_rates(pipelines, tiles, rounds)
     base = results[f"fp32/tile {tiles[-1]}"]["rays_per_s"]
     return {
@@ -194,6 +196,8 @@ class BenchInt8:
     """Times every variant renders each held-out view (views interleaved across variants)."""
     skip_eval: bool = False
     """Only run the MLP benchmark."""
+    tiles: Tuple[int, ...] = ()
+    """CPU tile sizes (samples) to render at too, besides the whole batch and the default ``cpu_tile_samples``."""
     device: Optional[str] = None
     """cpu or cuda; default: cuda when available."""
 
@@ -208,7 +212,7 @@ class BenchInt8:
             print("eval benchmark (trains two tiny runs, exports, evaluates) ...", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 result["eval"] = eval_benchmark(
-                    Path(tmp), self.eval_steps, self.eval_rays, self.eval_size, self.eval_rounds, device
+                    Path(tmp), self.eval_steps, self.eval_rays, self.eval_size, self.eval_rounds, device, self.tiles
                 )
             print(json.dumps(result["eval"], indent=1), flush=True)
         result["machine"] = machine(device)  # after the runs: it lists the kernel decisions made
