@@ -21,7 +21,6 @@ value used: a 24-bit frequency); and the time each takes to decode everything, i
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,11 +30,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import tyro
+from benchlib.report import commit
 
 from nerfqat_plugin import coding
 from nerfqat_plugin.tools.runs import machine, machine_line
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def export_codes(path: Path) -> List[Tuple[str, np.ndarray, int]]:
@@ -142,10 +140,9 @@ class BenchCoding:
             label = self.label[i] if i < len(self.label) else str(path)
             rows.append({"input": label, **measure(items)})
             print(json.dumps(rows[-1]), flush=True)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         result = {
             "command": "python scripts/bench_coding.py " + " ".join(sys.argv[1:]),
-            "commit": commit.stdout.strip(),
+            "commit": commit(),
             "machine": machine("cpu"),
             "rows": rows,
         }

@@ -39,7 +39,7 @@ import torch
 import tyro
 from benchlib.figures import pyplot
 from benchlib.paper import TABLE2_FERN, TABLE2_SIZES
-from benchlib.report import provenance
+from benchlib.report import commit, provenance
 from benchlib.variants import catalogue
 
 from nerfqat_plugin.offline import patch_lpips
@@ -150,7 +150,7 @@ class BenchNerfacto:
             raise SystemExit(f"unknown variant {unknown[0]!r}: choose from {list(VARIANTS)}")
         patch_lpips()  # nerfstudio's nerfacto would download AlexNet for LPIPS
         command = "python scripts/bench_nerfacto.py " + " ".join(sys.argv[1:])
-        result: Dict[str, object] = {"command": command.strip(), "commit": _commit()}
+        result: Dict[str, object] = {"command": command.strip(), "commit": commit()}
         result.update(steps=self.steps, rays=self.rays, log2_hashmap_size=self.log2_hashmap_size)
         result.update(quant_start_step=self.quant_start_step, scenes={}, machine=machine(self.device))
         if self.append:
@@ -168,7 +168,7 @@ class BenchNerfacto:
             raise SystemExit("--reevaluate needs the --workdir its runs were kept in")
         patch_lpips()
         command = "python scripts/bench_nerfacto.py " + " ".join(sys.argv[1:])
-        result["reevaluated"] = {"command": command, "commit": _commit(), "machine": machine(self.device)}
+        result["reevaluated"] = {"command": command, "commit": commit(), "machine": machine(self.device)}
         for scene, s in result["scenes"].items():
             for row, entry in s["variants"].items():
                 work = self.workdir / scene
@@ -303,12 +303,6 @@ class BenchNerfacto:
                 entry["export"] = export_and_evaluate(config_file, work / "exports" / _slug(row))
                 print(f"  export: {json.dumps(entry['export'])}", flush=True)
                 self._write(result)
-
-
-def _commit() -> str:
-    """The commit this script runs at (short hash), or 'unknown'."""
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return found.stdout.strip() or "unknown"
 
 
 def row_name(variant: str, seed: int) -> str:

@@ -35,7 +35,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import load_pipeline  # noqa: E402
-from benchlib.report import provenance  # noqa: E402
+from benchlib.report import commit, provenance  # noqa: E402
 
 from nerfqat_plugin.tools.runs import (  # noqa: E402
     PRESETS,
@@ -86,8 +86,7 @@ class BenchOccupancy:
 
     def main(self) -> None:
         command = "python scripts/bench_occupancy.py " + " ".join(sys.argv[1:])
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        result: Dict[str, object] = {"command": command.strip(), "commit": commit.stdout.strip() or "unknown"}
+        result: Dict[str, object] = {"command": command.strip(), "commit": commit()}
         result.update(steps=self.steps, rays=self.rays)
         preset = dataclasses.replace(PRESETS[self.preset], rays=self.rays, quant_start_step=0)
         result["preset"] = dataclasses.asdict(preset)

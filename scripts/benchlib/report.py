@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -11,6 +12,13 @@ from nerfqat_plugin.tools.runs import machine_line
 
 LOW_BIT_LIMIT_DB = 0.5
 """Largest PSNR loss against fp32 accepted for 3- and 2-bit weights."""
+
+
+def commit() -> str:
+    """The commit the benchmarks run at (short hash), or 'unknown' outside a git checkout."""
+    repo = Path(__file__).resolve().parents[2]
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
 
 
 def provenance(result: Mapping[str, object]) -> List[str]:
